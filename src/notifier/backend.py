@@ -1,0 +1,111 @@
+"""The Backend base class every sender subclasses, and the Message it is given."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .errors import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Message:
+    """One notification, rendered for one backend.
+
+    ``text`` is the rendered ``<event>.j2`` template; ``parts`` holds every part
+    the backend asked for (``text`` included, e.g. ``subject`` and ``html`` for
+    e-mail); ``context`` is the plain-value context the templates saw, for
+    backends that build structured layouts (Slack blocks, Discord embeds).
+    """
+
+    event: str
+    text: str
+    parts: Mapping[str, str] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+    critical: bool = False
+
+    @property
+    def title(self) -> str:
+        """The first line of the text: the headline of the message."""
+        return self.text.strip().split("\n", 1)[0]
+
+    @property
+    def body(self) -> str:
+        """The text after the first line."""
+        parts = self.text.strip().split("\n", 1)
+        return parts[1].strip() if len(parts) > 1 else ""
+
+
+class Backend:
+    """A place notifications go: Slack, a console, an inbox.
+
+    A subclass sets ``name``, validates its options in ``__init__`` (raising
+    ``ConfigurationError`` with the fix) and implements ``send``. ``send`` runs on
+    a worker thread, never the training thread, and reports failure by raising
+    ``DeliveryError``; anything else it raises is logged as a bug in the backend.
+    """
+
+    #: The name users select the backend by, e.g. ``"slack"``.
+    name: ClassVar[str] = ""
+    #: One line for ``notifier backends``.
+    description: ClassVar[str] = ""
+    #: Template parts rendered for each message: "text" is ``<event>.j2``, any
+    #: other part ``p`` is ``<event>.<p>.j2`` (e.g. "html" -> ``<event>.html.j2``).
+    parts: ClassVar[tuple[str, ...]] = ("text",)
+    #: The longest text the service accepts; tracebacks are trimmed to fit.
+    max_length: ClassVar[int] = 4000
+    #: Pacing: at most ``burst`` messages at once, then one every ``interval`` seconds.
+    interval: ClassVar[float] = 0.0
+    burst: ClassVar[int] = 1
+
+    def send(self, message: Message) -> None:
+        """Deliver ``message``, or raise ``DeliveryError``."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Verify credentials and reachability now; raise ``ConfigurationError`` if not."""
+
+    def close(self) -> None:
+        """Release resources (connections) once no more messages will come."""
+
+    def escape(self, value: str) -> str:
+        """Escape one value substituted into a template (not the template's own text)."""
+        return value
+
+    def secrets(self) -> list[str]:
+        """The secret strings this backend holds, to be scrubbed from every log line."""
+        return []
+
+    def describe(self) -> str:
+        """A short, secret-free description of where messages go, for logs."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+def option(value: Any, env: str, *, backend: str, what: str, required: bool = True) -> Any:
+    """Return ``value``, else the environment variable ``env``; raise with the fix if neither is set."""
+    if value is not None and value != "":
+        return value
+    found = os.environ.get(env)
+    if found:
+        return found
+    if required:
+        raise ConfigurationError(
+            f"{backend} backend: no {what} given. Pass it as an option or set the {env} "
+            "environment variable."
+        )
+    return None
+
+
+def check_options(backend: str, options: Mapping[str, Any], accepted: set[str]) -> None:
+    """Raise ``ConfigurationError`` naming any option the backend does not know."""
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigurationError(
+            f"{backend} backend: unknown option(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(sorted(accepted))}."
+        )

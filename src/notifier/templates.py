@@ -1,0 +1,173 @@
+"""Loading, checking and rendering message templates with a sandboxed Jinja environment.
+
+Template names are looked up in this order, for backend ``B``, event ``E`` and
+file name ``f`` (``E.j2``, or ``E.<part>.j2`` for a backend's extra parts):
+``user:B/f``, ``user:f``, ``default:B/f``, ``default:f``. A user template can
+``{% extends "default:epoch_end.j2" %}`` and replace one block.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from .context import CONTEXT_NAMES
+from .errors import TemplateError
+from .filters import FILTERS, MISSING
+
+#: Every event a template can exist for.
+EVENTS: tuple[str, ...] = (
+    "train_begin",
+    "epoch_end",
+    "evaluate",
+    "save",
+    "train_end",
+    "train_error",
+)
+
+TemplateSource = str | Path | Mapping[str, str] | None
+
+
+def default_templates_dir() -> Path:
+    """The directory of the default templates shipped in the wheel."""
+    return Path(str(resources.files("notifier_templates")))
+
+
+def file_name(event: str, part: str) -> str:
+    return f"{event}.j2" if part == "text" else f"{event}.{part}.j2"
+
+
+def _user_loader(source: TemplateSource) -> jinja2.BaseLoader | None:
+    """A loader for the user's overrides, after checking every name in them is known."""
+    if source is None:
+        return None
+    if isinstance(source, Mapping):
+        files: dict[str, str] = {}
+        for key, text in source.items():
+            event = key[:-3] if key.endswith(".j2") else key
+            base = event.split("/")[-1].split(".")[0]
+            if base not in EVENTS:
+                raise TemplateError(_unknown_event(base, f"templates dict key {key!r}"))
+            if not isinstance(text, str):
+                raise TemplateError(f"template for {key!r} must be a string, not {type(text).__name__}")
+            files[key if key.endswith(".j2") else f"{key}.j2"] = text
+        return jinja2.DictLoader(files)
+    directory = Path(source)
+    if not directory.is_dir():
+        raise TemplateError(f"templates directory {str(directory)!r} does not exist")
+    for path in directory.rglob("*.j2"):
+        base = path.name.split(".")[0]
+        if base not in EVENTS and not base.startswith("_"):
+            raise TemplateError(
+                _unknown_event(base, f"template file {str(path)!r}")
+                + " Name shared snippets with a leading underscore (_macros.j2)."
+            )
+    return jinja2.FileSystemLoader(str(directory))
+
+
+def _unknown_event(name: str, where: str) -> str:
+    close = difflib.get_close_matches(name, EVENTS, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"{where} names no event ({name!r}).{hint} Events: {', '.join(EVENTS)}."
+
+
+def _finalizer(escape: Callable[[str], str]) -> Callable[[Any], Any]:
+    def finalize(value: Any) -> Any:
+        if value is None:
+            return MISSING
+        if isinstance(value, jinja2.Undefined):
+            return ""
+        return escape(value if isinstance(value, str) else str(value))
+
+    return finalize
+
+
+class Templates:
+    """The compiled templates of one backend, for every event it sends."""
+
+    def __init__(
+        self,
+        source: TemplateSource = None,
+        *,
+        backend: str = "",
+        parts: tuple[str, ...] = ("text",),
+        events: tuple[str, ...] = EVENTS,
+        escape: Callable[[str], str] = lambda value: value,
+    ) -> None:
+        user = _user_loader(source)
+        defaults = jinja2.FileSystemLoader(str(default_templates_dir()))
+        prefixed = {"default": defaults}
+        if user is not None:
+            prefixed["user"] = user
+        loader = jinja2.ChoiceLoader(
+            [jinja2.PrefixLoader(prefixed, delimiter=":"), *([user] if user else []), defaults]
+        )
+        options: dict[str, Any] = {
+            "loader": loader,
+            "undefined": jinja2.ChainableUndefined,
+            "trim_blocks": True,
+            "lstrip_blocks": True,
+        }
+        # Plain-text parts escape each substituted value for the service (Slack's
+        # &, <, >); HTML parts are autoescaped instead.
+        self._text_env = SandboxedEnvironment(**options, finalize=_finalizer(escape))
+        self._html_env = SandboxedEnvironment(
+            **options, autoescape=True, finalize=_finalizer(lambda value: value)
+        )
+        for env in (self._text_env, self._html_env):
+            env.filters.update(FILTERS)
+        self._templates: dict[str, dict[str, jinja2.Template]] = {
+            event: {part: self._load(event, part, backend, user is not None) for part in parts}
+            for event in events
+        }
+
+    def _load(self, event: str, part: str, backend: str, has_user: bool) -> jinja2.Template:
+        env = self._html_env if part == "html" else self._text_env
+        name = file_name(event, part)
+        candidates = [f"default:{backend}/{name}", f"default:{name}"]
+        if has_user:
+            candidates[:0] = [f"user:{backend}/{name}", f"user:{name}"]
+        if not backend:
+            candidates = [c for c in candidates if "/" not in c]
+        try:
+            template = env.select_template(candidates)
+            if has_user and template.name and template.name.startswith("user:"):
+                self._check_names(env, template.name, event)
+            return template
+        except jinja2.TemplateSyntaxError as exc:
+            where = exc.filename or exc.name or name
+            raise TemplateError(
+                f"template for event {event!r} ({where}, line {exc.lineno}): {exc.message}"
+            ) from None
+        except jinja2.TemplateNotFound as exc:
+            raise TemplateError(
+                f"no template for event {event!r} (part {part!r}): looked for "
+                f"{', '.join(candidates)}; {exc.message or ''}".rstrip("; ")
+            ) from None
+
+    @staticmethod
+    def _check_names(env: jinja2.Environment, name: str, event: str) -> None:
+        """Reject a user template that uses a name the context does not have (a typo)."""
+        assert env.loader is not None
+        source, filename, _ = env.loader.get_source(env, name)
+        unknown = meta.find_undeclared_variables(env.parse(source)) - set(CONTEXT_NAMES)
+        unknown -= set(env.globals)
+        if unknown:
+            bad = sorted(unknown)[0]
+            close = difflib.get_close_matches(bad, CONTEXT_NAMES, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TemplateError(
+                f"template for event {event!r} ({filename or name}) uses {bad!r}, which is not "
+                f"in the context.{hint} Available: {', '.join(CONTEXT_NAMES)}."
+            )
+
+    def render(self, event: str, context: Mapping[str, Any]) -> dict[str, str]:
+        """Render every part for ``event``; raises whatever Jinja raises."""
+        return {part: t.render(context).strip() for part, t in self._templates[event].items()}

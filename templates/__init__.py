@@ -1,0 +1,1 @@
+"""The default message templates, one ``<event>.j2`` per event (``<backend>/`` holds variants)."""
