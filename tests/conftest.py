@@ -69,9 +69,7 @@ def notifier_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def all_output(caplog: pytest.LogCaptureFixture, capsys: Any = None) -> str:
     """Every log line (with tracebacks) and captured output, for secret checks."""
-    text = "\n".join(
-        record.getMessage() + (record.exc_text or "") for record in caplog.records
-    )
+    text = "\n".join(record.getMessage() + (record.exc_text or "") for record in caplog.records)
     if capsys is not None:
         captured = capsys.readouterr()
         text += captured.out + captured.err

@@ -95,7 +95,9 @@ class SlackServer:
     def texts(self, method: str = "chat.postMessage") -> list[str]:
         return [str(r.body.get("text", "")) for r in self.posted(method)]
 
-    def wait_for(self, count: int, method: str = "chat.postMessage", timeout: float = 30) -> list[Request]:
+    def wait_for(
+        self, count: int, method: str = "chat.postMessage", timeout: float = 30
+    ) -> list[Request]:
         """Block until ``count`` requests for ``method`` arrived (or fail after ``timeout``)."""
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -169,6 +171,10 @@ class SlackServer:
         if method == "auth.test":
             return {"ok": True, "user_id": "U0BOT", "team": "Test", "bot_id": "B0BOT"}
         if method in ("chat.postMessage", "chat.update"):
-            return {"ok": True, "channel": channel, "ts": request.body.get("ts", ts),
-                    "message": {"text": request.body.get("text", ""), "ts": ts}}
+            return {
+                "ok": True,
+                "channel": channel,
+                "ts": request.body.get("ts", ts),
+                "message": {"text": request.body.get("text", ""), "ts": ts},
+            }
         return {"ok": True}

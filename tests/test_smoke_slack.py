@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import TOKEN
 from slack_sdk import WebClient
+
+from conftest import TOKEN
+from notifier import SlackCallback
 from slack_server import SlackServer
 from tiny import make_trainer
-
-from notifier import SlackCallback
 
 
 def test_original_usage_posts_four_messages(slack_server: SlackServer, tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_original_usage_posts_four_messages(slack_server: SlackServer, tmp_path:
     assert texts[1].startswith("📈 run-a: epoch 1/2")
     assert texts[2].startswith("📈 run-a: epoch 2/2")
     assert texts[3].startswith("✅ Training finished: run-a")
-    for request, text in zip(requests, texts):
+    for request, text in zip(requests, texts, strict=True):
         assert request.body["channel"] == "#train"
         assert request.headers["Authorization"] == f"Bearer {TOKEN}"
         assert "run-a" in text and str(tmp_path / "run-a") in text

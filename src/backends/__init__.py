@@ -1,1 +1,1 @@
-"""The built-in backends, each an ordinary plugin registered through the ``notifier`` entry points."""
+"""The built-in backends, each an ordinary plugin in the ``notifier`` entry-point group."""

@@ -15,11 +15,6 @@ from http.client import RemoteDisconnected
 from typing import Any
 from urllib.error import URLError
 
-import notifier
-from notifier.backend import check_options, option
-from notifier.errors import ConfigurationError, DeliveryError
-from notifier.filters import number
-from notifier.secrets import get_logger, redact
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import (
@@ -31,6 +26,12 @@ from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryInterv
 from slack_sdk.http_retry.jitter import RandomJitter
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
+
+import notifier
+from notifier.backend import check_options, option
+from notifier.errors import ConfigurationError, DeliveryError
+from notifier.filters import number
+from notifier.secrets import get_logger, redact
 
 logger = get_logger("notifier.slack")
 
@@ -104,7 +105,9 @@ class ServerErrorRetryHandler(RetryHandler):
         )
         self.budget = budget
 
-    def _can_retry(self, *, state: RetryState, request: Any, response: Any = None, error: Any = None) -> bool:
+    def _can_retry(
+        self, *, state: RetryState, request: Any, response: Any = None, error: Any = None
+    ) -> bool:
         return (
             response is not None
             and 500 <= response.status_code < 600
@@ -118,12 +121,22 @@ class _BudgetedConnectionErrorRetryHandler(ConnectionErrorRetryHandler):
     def __init__(self, max_retry_count: int, budget: _Budget) -> None:
         super().__init__(
             max_retry_count=max_retry_count,
-            interval_calculator=BackoffRetryIntervalCalculator(backoff_factor=0.5, jitter=RandomJitter()),
-            error_types=[URLError, ConnectionError, RemoteDisconnected, TimeoutError, socket.timeout],
+            interval_calculator=BackoffRetryIntervalCalculator(
+                backoff_factor=0.5, jitter=RandomJitter()
+            ),
+            error_types=[
+                URLError,
+                ConnectionError,
+                RemoteDisconnected,
+                TimeoutError,
+                socket.timeout,
+            ],
         )
         self.budget = budget
 
-    def _can_retry(self, *, state: RetryState, request: Any, response: Any = None, error: Any = None) -> bool:
+    def _can_retry(
+        self, *, state: RetryState, request: Any, response: Any = None, error: Any = None
+    ) -> bool:
         return super()._can_retry(
             state=state, request=request, response=response, error=error
         ) and not self.budget.exhausted(state)
@@ -154,9 +167,16 @@ def blocks(message: notifier.Message) -> list[dict[str, Any]]:
     if message.title:
         # plain_text is shown literally: undo the entity escaping meant for mrkdwn.
         header = _trim(html.unescape(message.title), HEADER_LIMIT)
-        layout.append({"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}})
+        layout.append(
+            {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}}
+        )
     if message.body:
-        layout.append({"type": "section", "text": {"type": "mrkdwn", "text": _trim(message.body, SECTION_LIMIT)}})
+        layout.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _trim(message.body, SECTION_LIMIT)},
+            }
+        )
     values: dict[str, Any] = {}
     if message.event in ("epoch_end", "evaluate", "train_end"):
         for group in ("metrics", "eval_metrics"):
@@ -198,15 +218,20 @@ class SlackBackend(notifier.Backend):
         self._token: str | None = None
         self._webhook: WebhookClient | None = None
         self._client: WebClient | None = None
-        self.channel: str | None = None
+        self.channel = ""
         if client is None and token is None and channel is None:
-            webhook_url = option(webhook_url, "SLACK_WEBHOOK_URL", backend=self.name, what="", required=False)
+            webhook_url = option(
+                webhook_url, "SLACK_WEBHOOK_URL", backend=self.name, what="", required=False
+            )
         if webhook_url:
             if not str(webhook_url).startswith(("https://", "http://")):
                 raise ConfigurationError("slack backend: webhook_url must be an http(s) URL")
             self._webhook_url = str(webhook_url)
             self._webhook = WebhookClient(
-                self._webhook_url, timeout=int(timeout), logger=_sdk_logger(), retry_handlers=retry_handlers()
+                self._webhook_url,
+                timeout=int(timeout),
+                logger=_sdk_logger(),
+                retry_handlers=retry_handlers(),
             )
             return
         self.channel = option(channel, "SLACK_CHANNEL", backend=self.name, what="channel")
@@ -250,7 +275,7 @@ class SlackBackend(notifier.Backend):
         try:
             self._post(payload)
         except DeliveryError as error:
-            if "blocks" in payload and getattr(error, "code", None) in BAD_LAYOUT:
+            if "blocks" in payload and error.code in BAD_LAYOUT:
                 # Never lose a message to a layout Slack refuses: send the text alone.
                 self._post({"text": _trim(message.text, SECTION_LIMIT)})
                 return
@@ -261,20 +286,26 @@ class SlackBackend(notifier.Backend):
             if self._webhook is not None:
                 response = self._webhook.send(**payload)
                 if response.status_code != 200:
-                    raise self._error(str(response.body).strip() or f"HTTP {response.status_code}",
-                                      response.status_code)
+                    raise self._error(
+                        str(response.body).strip() or f"HTTP {response.status_code}",
+                        response.status_code,
+                    )
                 return
             assert self._client is not None
             self._client.chat_postMessage(channel=self.channel, **payload)
         except SlackApiError as exc:
             data = exc.response.data if isinstance(exc.response.data, dict) else {}
-            raise self._error(str(data.get("error") or f"HTTP {exc.response.status_code}"),
-                              exc.response.status_code) from None
+            raise self._error(
+                str(data.get("error") or f"HTTP {exc.response.status_code}"),
+                exc.response.status_code,
+            ) from None
         except (OSError, ValueError) as exc:
             # URLError, timeouts, resets, an unresolvable host, a non-JSON answer: slack_sdk
             # has already retried these; the reason never holds the token or the URL path.
             reason = getattr(exc, "reason", exc)
-            raise DeliveryError(f"Slack unreachable: {type(exc).__name__}: {redact(str(reason))}") from None
+            raise DeliveryError(
+                f"Slack unreachable: {type(exc).__name__}: {redact(str(reason))}"
+            ) from None
 
     def _error(self, code: str, status: int) -> DeliveryError:
         fix = FATAL_ERRORS.get(code)
@@ -283,8 +314,10 @@ class SlackBackend(notifier.Backend):
         elif status == 429:
             error = DeliveryError("rate limited by Slack (429) after retrying")
         else:
-            error = DeliveryError(f"Slack answered {code}" + (f" (HTTP {status})" if code != f"HTTP {status}" else ""))
-        error.code = code  # type: ignore[attr-defined]
+            error = DeliveryError(
+                f"Slack answered {code}" + (f" (HTTP {status})" if code != f"HTTP {status}" else "")
+            )
+        error.code = code
         return error
 
     def check(self) -> None:
@@ -296,11 +329,12 @@ class SlackBackend(notifier.Backend):
         except SlackApiError as exc:
             data = exc.response.data if isinstance(exc.response.data, dict) else {}
             code = str(data.get("error") or f"HTTP {exc.response.status_code}")
-            raise ConfigurationError(
-                f"slack backend: auth.test failed: {code}: {FATAL_ERRORS.get(code, 'see Slack docs')}"
-            ) from None
+            fix = FATAL_ERRORS.get(code, "see https://api.slack.com/methods/auth.test")
+            raise ConfigurationError(f"slack backend: auth.test failed: {code}: {fix}") from None
         except OSError as exc:
-            raise ConfigurationError(f"slack backend: cannot reach Slack: {type(exc).__name__}") from None
+            raise ConfigurationError(
+                f"slack backend: cannot reach Slack: {type(exc).__name__}"
+            ) from None
 
 
 @notifier.hookimpl

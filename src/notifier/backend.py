@@ -54,6 +54,9 @@ class Backend:
     #: Template parts rendered for each message: "text" is ``<event>.j2``, any
     #: other part ``p`` is ``<event>.<p>.j2`` (e.g. "html" -> ``<event>.html.j2``).
     parts: ClassVar[tuple[str, ...]] = ("text",)
+    #: Parts rendered only when a template exists for them (none ships by default);
+    #: e.g. the webhook backend's ``json`` body, which otherwise is the context itself.
+    optional_parts: ClassVar[tuple[str, ...]] = ()
     #: The longest text the service accepts; tracebacks are trimmed to fit.
     max_length: ClassVar[int] = 4000
     #: Pacing: at most ``burst`` messages at once, then one every ``interval`` seconds.
@@ -87,7 +90,7 @@ class Backend:
 
 
 def option(value: Any, env: str, *, backend: str, what: str, required: bool = True) -> Any:
-    """Return ``value``, else the environment variable ``env``; raise with the fix if neither is set."""
+    """Return ``value``, else the environment variable ``env``; else raise with the fix."""
     if value is not None and value != "":
         return value
     found = os.environ.get(env)

@@ -89,7 +89,9 @@ def _resolve_events(events: Iterable[str] | None) -> tuple[str, ...]:
     chosen = tuple(dict.fromkeys(events))
     unknown = [e for e in chosen if e not in EVENTS]
     if unknown:
-        raise ConfigurationError(f"unknown event(s) {', '.join(unknown)}; events: {', '.join(EVENTS)}")
+        raise ConfigurationError(
+            f"unknown event(s) {', '.join(unknown)}; events: {', '.join(EVENTS)}"
+        )
     return chosen
 
 
@@ -100,7 +102,7 @@ def _traceback_tail(exc: BaseException, limit: int) -> str:
     return "…" + text[-(limit - 1) :]
 
 
-class NotifierCallback(TrainerCallback):  # type: ignore[misc]
+class NotifierCallback(TrainerCallback):
     """Tells people how training is going, through one or more backends.
 
     Construction loads and checks every template and backend, so configuration
@@ -131,6 +133,7 @@ class NotifierCallback(TrainerCallback):  # type: ignore[misc]
                 templates,
                 backend=backend.name,
                 parts=backend.parts,
+                optional_parts=backend.optional_parts,
                 events=self.events,
                 escape=backend.escape,
             )
@@ -218,7 +221,7 @@ class NotifierCallback(TrainerCallback):  # type: ignore[misc]
     ) -> None:
         if not logs:
             return
-        # The dict is shared with other callbacks (PrinterCallback pops from it): copy, never mutate.
+        # Shared with other callbacks (PrinterCallback pops from it): copy, never mutate.
         train = {k: v for k, v in logs.items() if not k.startswith("eval_")}
         if train:
             self._tracker.metrics.update(plain_metrics(train))
@@ -235,7 +238,12 @@ class NotifierCallback(TrainerCallback):  # type: ignore[misc]
 
     @_isolated
     def on_evaluate(
-        self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        metrics: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> None:
         if metrics:
             self._tracker.eval_metrics = plain_metrics(metrics)
@@ -318,7 +326,8 @@ class NotifierCallback(TrainerCallback):  # type: ignore[misc]
                 type(exc).__name__,
                 redact(str(exc)),
             )
-        text = f"{event.replace('_', ' ')}: {context.get('run_name')} (step {context.get('global_step')})"
+        where = f"{context.get('run_name')} (step {context.get('global_step')})"
+        text = f"{event.replace('_', ' ')}: {where}"
         return {part: text for part in backend.parts}
 
     def _report_end(self, kind: str, exc: BaseException | None) -> None:
@@ -326,6 +335,7 @@ class NotifierCallback(TrainerCallback):  # type: ignore[misc]
         self._active = False
         if self._pending_epoch is not None:
             self._release_epoch()
+        error: dict[str, Any]
         if kind == "terminated":
             error = {"kind": kind, "type": "SIGTERM", "message": "the process was sent SIGTERM"}
         elif exc is None:

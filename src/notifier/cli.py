@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(run=_backends)
     demo = commands.add_parser("demo", help="train a tiny model on CPU and notify")
     demo.add_argument(
-        "--backend", action="append", help="backend name (repeatable); default: Slack if "
-        "SLACK_BOT_TOKEN and SLACK_CHANNEL are set, else the console"
+        "--backend",
+        action="append",
+        help="backend name (repeatable); default: Slack if "
+        "SLACK_BOT_TOKEN and SLACK_CHANNEL are set, else the console",
     )
     demo.add_argument("--epochs", type=int, default=3)
     demo.set_defaults(run=_demo)

@@ -168,4 +168,3 @@ def sample_context(event: str) -> dict[str, Any]:
         context.update(epoch=0.0, global_step=0, progress=0.0, elapsed=0.0, eta=None)
         context["metrics"], context["eval_metrics"] = {}, {}
     return context
-

@@ -1,4 +1,4 @@
-"""``notifier demo``: a tiny model trained on CPU in seconds, notifying through what is configured."""
+"""``notifier demo``: trains a tiny model on CPU in seconds and notifies."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def run_demo(backends: list[str] | None = None, *, epochs: int = 3) -> dict[str,
 
     if backends is None and os.environ.get("SLACK_BOT_TOKEN") and os.environ.get("SLACK_CHANNEL"):
         backends = ["slack"]
-    callback = NotifierCallback(backends, events=["train_begin", "epoch_end", "train_end", "train_error"])
+    callback = NotifierCallback(
+        backends, events=["train_begin", "epoch_end", "train_end", "train_error"]
+    )
     with tempfile.TemporaryDirectory(prefix="notifier-demo-") as tmp:
         args = TrainingArguments(
             output_dir=os.path.join(tmp, "notifier-demo"),

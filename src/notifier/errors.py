@@ -22,7 +22,8 @@ class DeliveryError(NotifierError):
     timeout); ``retry_after`` is the wait the service asked for, in seconds.
     ``disable`` marks errors that no later message can get past either (a revoked
     token, a deleted webhook): the backend is switched off after one warning.
-    The message must never contain a secret.
+    ``code`` is the service's own error code, if any. The message must never
+    contain a secret.
     """
 
     def __init__(
@@ -32,8 +33,10 @@ class DeliveryError(NotifierError):
         retryable: bool = False,
         retry_after: float | None = None,
         disable: bool = False,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.code = code
         self.retryable = retryable
         self.retry_after = retry_after
         self.disable = disable

@@ -49,7 +49,7 @@ def percent(value: Any, digits: int = 0) -> str:
 
 
 def number(value: Any, digits: int = 4) -> str:
-    """A compact number: ``12345`` -> ``12.3k``, ``0.000123`` -> ``1.23e-04``, ``0.5`` -> ``0.5``."""
+    """A compact number: ``12345`` -> ``12.3k``, ``0.000123`` -> ``1.23e-04``."""
     x = _number_or_none(value)
     if x is None:
         return MISSING if not isinstance(value, str) else value

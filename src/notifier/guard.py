@@ -74,7 +74,7 @@ class CrashGuard:
 
     def _install_ipython(self) -> None:
         ipython_module = sys.modules.get("IPython")
-        shell = ipython_module.get_ipython() if ipython_module else None  # type: ignore[attr-defined]
+        shell = ipython_module.get_ipython() if ipython_module else None
         if shell is None or not hasattr(shell, "events"):
             return
         shell.events.register("post_run_cell", self._post_run_cell)
@@ -124,7 +124,9 @@ class CrashGuard:
     ) -> None:
         if not isinstance(exc, SystemExit) or exc.code not in (None, 0):
             self._fire(kind_of(exc), exc)
-        previous = self._prev_excepthook if self._prev_excepthook is not None else sys.__excepthook__
+        previous = (
+            self._prev_excepthook if self._prev_excepthook is not None else sys.__excepthook__
+        )
         previous(exc_type, exc, tb)
         self.disarm()
 

@@ -65,7 +65,9 @@ class Outbox:
                 progress = [m for m in self._queue if not m.critical]
                 if len(progress) >= self.max_backlog:
                     self._queue.remove(progress[0])
-                    self._drop(f"{self.backend.describe()} is behind: skipped an older progress message")
+                    self._drop(
+                        f"{self.backend.describe()} is behind: skipped an older progress message"
+                    )
             if len(self._queue) >= MAX_QUEUE:
                 self._queue.popleft()
                 self._drop(f"{self.backend.describe()} queue is full: dropped the oldest message")
@@ -109,7 +111,9 @@ class Outbox:
                 self._pace()
                 self._deliver(message)
             except BaseException:  # noqa: BLE001 - the worker must outlive any failure
-                logger.exception("notifier: internal error delivering to %s", self.backend.describe())
+                logger.exception(
+                    "notifier: internal error delivering to %s", self.backend.describe()
+                )
             finally:
                 with self._cond:
                     self._busy = False
@@ -144,7 +148,11 @@ class Outbox:
                     self._give_up(message, error, attempt)
                     return
                 logger.debug(
-                    "%s: %s; retry %d in %.1fs", self.backend.describe(), redact(str(error)), attempt, wait
+                    "%s: %s; retry %d in %.1fs",
+                    self.backend.describe(),
+                    redact(str(error)),
+                    attempt,
+                    wait,
                 )
                 time.sleep(wait)
                 continue
@@ -206,4 +214,6 @@ class Outbox:
                 reason,
             )
         else:
-            logger.debug("%s: %s message lost%s: %s", self.backend.describe(), message.event, tries, reason)
+            logger.debug(
+                "%s: %s message lost%s: %s", self.backend.describe(), message.event, tries, reason
+            )

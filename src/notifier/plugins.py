@@ -66,9 +66,7 @@ def load_entrypoints(pm: pluggy.PluginManager) -> dict[str, str]:
 class Registry:
     """The backends available by name, collected from a plugin manager's plugins."""
 
-    def __init__(
-        self, pm: pluggy.PluginManager, providers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, pm: pluggy.PluginManager, providers: dict[str, str] | None = None) -> None:
         self._backends: dict[str, BackendInfo] = {}
         providers = providers or {}
         for impl in pm.hook.register_backends.get_hookimpls():
@@ -141,5 +139,5 @@ def available_backends() -> list[str]:
 
 
 def get_backend(name: str, **options: Any) -> Backend:
-    """Build the backend registered as ``name``; options it is not given come from the environment."""
+    """Build the backend registered as ``name``; missing options come from the environment."""
     return default_registry().create(name, **options)

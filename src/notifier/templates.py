@@ -56,7 +56,9 @@ def _user_loader(source: TemplateSource) -> jinja2.BaseLoader | None:
             if base not in EVENTS:
                 raise TemplateError(_unknown_event(base, f"templates dict key {key!r}"))
             if not isinstance(text, str):
-                raise TemplateError(f"template for {key!r} must be a string, not {type(text).__name__}")
+                raise TemplateError(
+                    f"template for {key!r} must be a string, not {type(text).__name__}"
+                )
             files[key if key.endswith(".j2") else f"{key}.j2"] = text
         return jinja2.DictLoader(files)
     directory = Path(source)
@@ -89,6 +91,10 @@ def _finalizer(escape: Callable[[str], str]) -> Callable[[Any], Any]:
     return finalize
 
 
+class _NotFound(TemplateError):
+    """No template exists for an event and part."""
+
+
 class Templates:
     """The compiled templates of one backend, for every event it sends."""
 
@@ -98,12 +104,13 @@ class Templates:
         *,
         backend: str = "",
         parts: tuple[str, ...] = ("text",),
+        optional_parts: tuple[str, ...] = (),
         events: tuple[str, ...] = EVENTS,
         escape: Callable[[str], str] = lambda value: value,
     ) -> None:
         user = _user_loader(source)
         defaults = jinja2.FileSystemLoader(str(default_templates_dir()))
-        prefixed = {"default": defaults}
+        prefixed: dict[str, jinja2.BaseLoader] = {"default": defaults}
         if user is not None:
             prefixed["user"] = user
         loader = jinja2.ChoiceLoader(
@@ -123,10 +130,15 @@ class Templates:
         )
         for env in (self._text_env, self._html_env):
             env.filters.update(FILTERS)
-        self._templates: dict[str, dict[str, jinja2.Template]] = {
-            event: {part: self._load(event, part, backend, user is not None) for part in parts}
-            for event in events
-        }
+        self._templates: dict[str, dict[str, jinja2.Template]] = {}
+        for event in events:
+            loaded = {part: self._load(event, part, backend, user is not None) for part in parts}
+            for part in optional_parts:
+                try:
+                    loaded[part] = self._load(event, part, backend, user is not None)
+                except _NotFound:
+                    pass
+            self._templates[event] = loaded
 
     def _load(self, event: str, part: str, backend: str, has_user: bool) -> jinja2.Template:
         env = self._html_env if part == "html" else self._text_env
@@ -147,7 +159,7 @@ class Templates:
                 f"template for event {event!r} ({where}, line {exc.lineno}): {exc.message}"
             ) from None
         except jinja2.TemplateNotFound as exc:
-            raise TemplateError(
+            raise _NotFound(
                 f"no template for event {event!r} (part {part!r}): looked for "
                 f"{', '.join(candidates)}; {exc.message or ''}".rstrip("; ")
             ) from None
