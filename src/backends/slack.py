@@ -7,8 +7,11 @@ time budget and the 5xx codes slack_sdk's server handler leaves out.
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
+import random
+import re
 import socket
 import time
 from http.client import RemoteDisconnected
@@ -23,7 +26,7 @@ from slack_sdk.http_retry import (
     RetryHandler,
 )
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
-from slack_sdk.http_retry.jitter import RandomJitter
+from slack_sdk.http_retry.jitter import Jitter
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.webhook import WebhookClient
 
@@ -82,6 +85,19 @@ def _sdk_logger() -> logging.Logger:
     return sdk_logger
 
 
+#: slack_sdk's jitter and rate-limit waits draw from the global ``random``, which the
+#: Trainer seeds: a draw on the worker thread mid-training would change the training
+#: results. Ours come from this private generator.
+_rng = random.Random()
+
+
+class _PrivateJitter(Jitter):
+    """slack_sdk's RandomJitter (adds 0-1 s), from a private generator."""
+
+    def recalculate(self, duration: float) -> float:
+        return duration + _rng.random()
+
+
 class _Budget:
     """Stops retrying once ``seconds`` have passed since the first failure of a request."""
 
@@ -101,7 +117,7 @@ class ServerErrorRetryHandler(RetryHandler):
     def __init__(self, max_retry_count: int, budget: _Budget) -> None:
         super().__init__(
             max_retry_count,
-            BackoffRetryIntervalCalculator(backoff_factor=0.5, jitter=RandomJitter()),
+            BackoffRetryIntervalCalculator(backoff_factor=0.5, jitter=_PrivateJitter()),
         )
         self.budget = budget
 
@@ -122,7 +138,7 @@ class _BudgetedConnectionErrorRetryHandler(ConnectionErrorRetryHandler):
         super().__init__(
             max_retry_count=max_retry_count,
             interval_calculator=BackoffRetryIntervalCalculator(
-                backoff_factor=0.5, jitter=RandomJitter()
+                backoff_factor=0.5, jitter=_PrivateJitter()
             ),
             error_types=[
                 URLError,
@@ -142,14 +158,59 @@ class _BudgetedConnectionErrorRetryHandler(ConnectionErrorRetryHandler):
         ) and not self.budget.exhausted(state)
 
 
+def _retry_after(response: Any) -> float:
+    """The Retry-After header in seconds (1 when missing or not a number of seconds)."""
+    for key, value in (response.headers or {}).items():
+        if key.lower() == "retry-after":
+            text = value[0] if isinstance(value, (list, tuple)) and value else value
+            try:
+                return max(float(str(text).strip()), 0.0)
+            except ValueError:
+                return 1.0
+    return 1.0
+
+
+class _RateLimitRetryHandler(RateLimitErrorRetryHandler):
+    """slack_sdk's 429 handler: waits Retry-After plus up to 1 s of jitter (from the private
+    generator), accepts any number of seconds, and gives up rather than wait past the budget."""
+
+    def __init__(self, max_retry_count: int, budget: _Budget) -> None:
+        super().__init__(max_retry_count=max_retry_count)
+        self.budget = budget
+
+    def _can_retry(
+        self, *, state: RetryState, request: Any, response: Any = None, error: Any = None
+    ) -> bool:
+        if response is None or response.status_code != 429 or self.budget.exhausted(state):
+            return False
+        started = (state.custom_values or {}).get("notifier_started", time.monotonic())
+        return bool(time.monotonic() - started + _retry_after(response) <= self.budget.seconds)
+
+    def prepare_for_next_attempt(
+        self, *, state: RetryState, request: Any, response: Any = None, error: Any = None
+    ) -> None:
+        if response is None:
+            raise error
+        state.next_attempt_requested = True
+        time.sleep(_retry_after(response) + _rng.random())
+        state.increment_current_attempt()
+
+
 def retry_handlers(*, attempts: int = 4, budget: float = 60.0) -> list[RetryHandler]:
     """slack_sdk retry handlers for connection errors, 5xx and 429 (Retry-After honoured)."""
     limit = _Budget(budget)
     return [
         _BudgetedConnectionErrorRetryHandler(attempts - 1, limit),
         ServerErrorRetryHandler(attempts - 1, limit),
-        RateLimitErrorRetryHandler(max_retry_count=attempts - 1),
+        _RateLimitRetryHandler(attempts - 1, limit),
     ]
+
+
+def _code(answer: Any, status: int) -> str:
+    """Slack's error code (``invalid_auth``), or ``HTTP <status>`` when the answer holds
+    none: an HTML error page, or slack_sdk's "Received a response in a non-JSON format"."""
+    text = str(answer or "").strip()
+    return text if re.fullmatch(r"[a-z0-9_]{1,64}", text) else f"HTTP {status}"
 
 
 def escape(value: str) -> str:
@@ -192,7 +253,18 @@ def blocks(message: notifier.Message) -> list[dict[str, Any]]:
 
 
 class SlackBackend(notifier.Backend):
-    """Posts to a Slack channel with a bot token (chat.postMessage) or an incoming webhook."""
+    """Posts to a Slack channel with a bot token (chat.postMessage) or an incoming webhook.
+
+    Options, each falling back to an environment variable: ``channel``
+    (``SLACK_CHANNEL``), ``token`` (``SLACK_BOT_TOKEN``), ``base_url``
+    (``SLACK_BASE_URL``: the Web API root, default ``https://slack.com/api/``; set it
+    for a Slack-compatible endpoint such as an Enterprise Grid proxy or a test
+    server) and ``webhook_url`` (``SLACK_WEBHOOK_URL``, used when no channel,
+    token or client is given). ``client`` is a ready ``slack_sdk.WebClient``.
+    ``timeout`` is each request's limit in seconds; a failed request (5xx, 429,
+    connection error, timeout) is tried at most ``max_attempts`` times within
+    ``max_retry_time`` seconds, with exponential backoff and jitter (429: Retry-After).
+    """
 
     name = "slack"
     description = "Slack: bot token + channel (chat.postMessage) or an incoming webhook"
@@ -209,11 +281,28 @@ class SlackBackend(notifier.Backend):
         client: WebClient | None = None,
         webhook_url: str | None = None,
         timeout: float = 10.0,
+        max_attempts: int = 4,
+        max_retry_time: float = 60.0,
         blocks: bool = True,
         **options: Any,
     ) -> None:
         check_options(self.name, options, set())
-        self.timeout = timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ConfigurationError(
+                f"slack backend: timeout must be a number of seconds > 0, got {timeout!r}"
+            )
+        self.timeout = float(timeout)
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigurationError(
+                f"slack backend: max_attempts must be an integer >= 1, got {max_attempts!r}"
+            )
+        if not isinstance(max_retry_time, (int, float)) or not max_retry_time >= 0:
+            raise ConfigurationError(
+                f"slack backend: max_retry_time must be seconds >= 0, got {max_retry_time!r}"
+            )
+        retries = functools.partial(
+            retry_handlers, attempts=max_attempts, budget=float(max_retry_time)
+        )
         self.use_blocks = blocks
         self._token: str | None = None
         self._webhook: WebhookClient | None = None
@@ -229,15 +318,15 @@ class SlackBackend(notifier.Backend):
             self._webhook_url = str(webhook_url)
             self._webhook = WebhookClient(
                 self._webhook_url,
-                timeout=int(timeout),
+                timeout=timeout,  # type: ignore[arg-type]  # urllib takes float seconds
                 logger=_sdk_logger(),
-                retry_handlers=retry_handlers(),
+                retry_handlers=retries(),
             )
             return
         self.channel = option(channel, "SLACK_CHANNEL", backend=self.name, what="channel")
         if client is not None:
             self._client = client
-            self._client.retry_handlers = retry_handlers()
+            self._client.retry_handlers = retries()
             self._token = getattr(client, "token", None)
             return
         self._token = option(token, "SLACK_BOT_TOKEN", backend=self.name, what="token")
@@ -246,12 +335,21 @@ class SlackBackend(notifier.Backend):
                 "slack backend: the token does not look like a Slack token (xoxb-…). Set "
                 "SLACK_BOT_TOKEN to the app's Bot User OAuth Token, or use SLACK_WEBHOOK_URL."
             )
-        kwargs: dict[str, Any] = {"base_url": base_url} if base_url else {}
+        base_url = option(base_url, "SLACK_BASE_URL", backend=self.name, what="", required=False)
+        kwargs: dict[str, Any] = {}
+        if base_url:
+            if not str(base_url).startswith(("https://", "http://")):
+                raise ConfigurationError(
+                    "slack backend: base_url (SLACK_BASE_URL) must be an http(s) URL such as "
+                    "https://slack.com/api/"
+                )
+            # slack_sdk joins method names onto it: without the slash "/api" would be lost.
+            kwargs["base_url"] = str(base_url).rstrip("/") + "/"
         self._client = WebClient(
             token=self._token,
-            timeout=int(timeout),
+            timeout=timeout,  # type: ignore[arg-type]  # urllib takes float seconds
             logger=_sdk_logger(),
-            retry_handlers=retry_handlers(),
+            retry_handlers=retries(),
             **kwargs,
         )
 
@@ -285,20 +383,16 @@ class SlackBackend(notifier.Backend):
         try:
             if self._webhook is not None:
                 response = self._webhook.send(**payload)
-                if response.status_code != 200:
-                    raise self._error(
-                        str(response.body).strip() or f"HTTP {response.status_code}",
-                        response.status_code,
-                    )
+                status = response.status_code
+                if status != 200:
+                    raise self._error(_code(response.body, status), status)
                 return
             assert self._client is not None
             self._client.chat_postMessage(channel=self.channel, **payload)
         except SlackApiError as exc:
             data = exc.response.data if isinstance(exc.response.data, dict) else {}
-            raise self._error(
-                str(data.get("error") or f"HTTP {exc.response.status_code}"),
-                exc.response.status_code,
-            ) from None
+            status = exc.response.status_code
+            raise self._error(_code(data.get("error"), status), status) from None
         except (OSError, ValueError) as exc:
             # URLError, timeouts, resets, an unresolvable host, a non-JSON answer: slack_sdk
             # has already retried these; the reason never holds the token or the URL path.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import functools
+import html
+import math
 import os
 import time
 import traceback
@@ -16,6 +18,7 @@ from transformers import TrainerCallback
 from .backend import Backend, Message
 from .context import RunTracker, plain_metrics
 from .errors import ConfigurationError
+from .filters import MISSING
 from .outbox import Outbox
 from .plugins import get_backend
 from .secrets import get_logger, redact
@@ -119,8 +122,15 @@ class NotifierCallback(TrainerCallback):
         flush_timeout: float = 10.0,
         max_backlog: int = 10,
     ) -> None:
-        if flush_timeout < 0:
-            raise ConfigurationError(f"flush_timeout must be >= 0 seconds, got {flush_timeout}")
+        if (
+            isinstance(flush_timeout, bool)
+            or not isinstance(flush_timeout, (int, float))
+            or not math.isfinite(flush_timeout)
+            or flush_timeout < 0
+        ):
+            raise ConfigurationError(
+                f"flush_timeout must be a finite number of seconds >= 0, got {flush_timeout!r}"
+            )
         if max_backlog < 1:
             raise ConfigurationError(f"max_backlog must be >= 1, got {max_backlog}")
         self.events = _resolve_events(events)
@@ -144,6 +154,7 @@ class NotifierCallback(TrainerCallback):
         self._active = False
         self._is_zero = True
         self._pending_epoch: dict[str, Any] | None = None
+        self._epoch_end_step = -1
         self._hook_errors: set[str] = set()
         self._render_errors: set[tuple[str, str]] = set()
         self._exit_registered = False
@@ -188,6 +199,7 @@ class NotifierCallback(TrainerCallback):
     # -- Trainer hooks --------------------------------------------------------------------
     @_isolated
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._epoch_end_step = -1
         if self._active:
             if getattr(args, "auto_find_batch_size", False) and args is self._args:
                 self._state = state  # a retry with a smaller batch: the same run goes on
@@ -228,6 +240,7 @@ class NotifierCallback(TrainerCallback):
 
     @_isolated
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._epoch_end_step = state.global_step
         if self._pending_epoch is not None:
             self._release_epoch()
         if "epoch_end" in self.events and self._is_zero:
@@ -269,13 +282,27 @@ class NotifierCallback(TrainerCallback):
 
     # -- internals ------------------------------------------------------------------------
     def _merge_into_epoch(self, state: Any, **values: Any) -> bool:
-        """Add an evaluation or checkpoint at the epoch's last step to its held message."""
+        """Add an evaluation or checkpoint at an epoch's last step to its epoch message
+        (held, or still to come); False when it is to be sent on its own."""
         pending = self._pending_epoch
         if pending is None or pending["global_step"] != state.global_step:
-            return False
+            return self._epoch_end_follows(state)
         pending.update(values, best_metric=state.best_metric)
         pending["best_model_checkpoint"] = state.best_model_checkpoint
         return True
+
+    def _epoch_end_follows(self, state: Any) -> bool:
+        """Whether on_epoch_end is still to come for this step, which is an epoch's last:
+        with "steps" strategies transformers evaluates and saves there *before*
+        on_epoch_end, and the epoch message (tracker values) then carries both."""
+        epoch = state.epoch
+        return bool(
+            self._active
+            and "epoch_end" in self.events
+            and state.global_step > self._epoch_end_step
+            and epoch
+            and (float(epoch).is_integer() or state.global_step >= (state.max_steps or 0) > 0)
+        )
 
     def _release_epoch(self) -> None:
         context, self._pending_epoch = self._pending_epoch, None
@@ -326,9 +353,13 @@ class NotifierCallback(TrainerCallback):
                 type(exc).__name__,
                 redact(str(exc)),
             )
-        where = f"{context.get('run_name')} (step {context.get('global_step')})"
-        text = f"{event.replace('_', ' ')}: {where}"
-        return {part: text for part in backend.parts}
+        name, step = context.get("run_name") or MISSING, context.get("global_step")
+        text = f"{event.replace('_', ' ')}: {name} (step {MISSING if step is None else step})"
+        # Escaped like any substituted value: a run name must not become <!channel> in Slack.
+        return {
+            part: html.escape(text) if part == "html" else backend.escape(text)
+            for part in backend.parts
+        }
 
     def _report_end(self, kind: str, exc: BaseException | None) -> None:
         """Called by the guard when the run ends without on_train_end."""

@@ -10,7 +10,8 @@ from typing import Any
 
 #: Every name a template can use, with its meaning (the README's table is generated from this).
 CONTEXT_NAMES: dict[str, str] = {
-    "event": "the event's name: train_begin, epoch_end, evaluate, save, train_end, train_error",
+    "event": "the event's name: train_begin, epoch_end, evaluate, save, train_end, train_error, "
+    "alert",
     "run_name": "`args.run_name`, else the output directory's name",
     "output_dir": "`args.output_dir`",
     "hub_model_id": "`args.hub_model_id`, if pushing to the Hub",
@@ -31,6 +32,8 @@ CONTEXT_NAMES: dict[str, str] = {
     "checkpoint": "the checkpoint saved at this step (save and epoch_end events)",
     "error": "train_error only: `kind` (crash, interrupted, terminated, unfinished), "
     "`type`, `message`, `traceback`",
+    "alert": "alert only: `kind` (nan, spike, threshold, stall, recovered), `metric`, `value`, "
+    "`condition` (the rule, e.g. `loss > 10`), `message` (one line), `step`",
 }
 
 
@@ -125,6 +128,7 @@ class RunTracker:
             "eval_metrics": dict(self.eval_metrics),
             "checkpoint": self.checkpoint if self.checkpoint_step == step else None,
             "error": None,
+            "alert": None,
         }
         context.update(extra)
         return context
@@ -153,6 +157,7 @@ def sample_context(event: str) -> dict[str, Any]:
         "best_model_checkpoint": "runs/bert-base-sst2/checkpoint-1400",
         "checkpoint": "runs/bert-base-sst2/checkpoint-1400",
         "error": None,
+        "alert": None,
     }
     if event == "train_end":
         context.update(epoch=3.0, global_step=2100, progress=1.0, elapsed=1897.0, eta=0.0)
@@ -163,6 +168,15 @@ def sample_context(event: str) -> dict[str, Any]:
             "type": "torch.OutOfMemoryError",
             "message": "CUDA out of memory. Tried to allocate 2.00 GiB",
             "traceback": 'File "train.py", line 88, in <module>\n    trainer.train()',
+        }
+    if event == "alert":
+        context["alert"] = {
+            "kind": "nan",
+            "metric": "grad_norm",
+            "value": float("nan"),
+            "condition": "grad_norm is NaN",
+            "message": "NaN in grad_norm",
+            "step": 1400,
         }
     if event == "train_begin":
         context.update(epoch=0.0, global_step=0, progress=0.0, elapsed=0.0, eta=None)

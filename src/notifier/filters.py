@@ -58,10 +58,14 @@ def number(value: Any, digits: int = 4) -> str:
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
     if isinstance(value, int) or x.is_integer():
-        for size, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(x) >= size * 10:
-                return f"{x / size:.3g}{suffix}"
-        return f"{int(x)}"
+        if abs(x) < 1e4:
+            return f"{int(x)}"
+        # The smallest unit that keeps three digits: 12.3k, 1.23M (999999 -> 1M, not 1e+03k).
+        for size, suffix in ((1e3, "k"), (1e6, "M"), (1e9, "G")):
+            text = f"{x / size:.3g}"
+            if abs(float(text)) < 1000:
+                return f"{text}{suffix}"
+        return f"{x / 1e12:.3g}T"
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e6):
         return f"{x:.{max(digits - 2, 1)}e}"
     return f"{x:.{digits}g}"

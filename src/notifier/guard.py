@@ -40,24 +40,36 @@ class CrashGuard:
         self._flush = flush
         self.armed = False
         self._pid = 0
+        self._thread: threading.Thread | None = None
         self._prev_excepthook: Any = None
         self._prev_thread_hook: Any = None
         self._prev_sigterm: Any = None
+        self._excepthook_installed = False
+        self._thread_hook_installed = False
         self._sigterm_installed = False
         self._ipython: Any = None
 
     # -- installing -------------------------------------------------------------------
+    # Each hook is tracked on its own: one that someone chained on top of stays installed
+    # (inert while disarmed) and is never installed twice, which would chain it to itself.
     def arm(self) -> None:
         if self.armed:
             return
         self.armed = True
         self._pid = os.getpid()
-        self._prev_excepthook = sys.excepthook
-        sys.excepthook = self._excepthook
-        self._prev_thread_hook = threading.excepthook
-        threading.excepthook = self._thread_excepthook
-        self._install_sigterm()
-        self._install_ipython()
+        self._thread = threading.current_thread()
+        if not self._excepthook_installed:
+            self._prev_excepthook = sys.excepthook
+            sys.excepthook = self._excepthook
+            self._excepthook_installed = True
+        if not self._thread_hook_installed:
+            self._prev_thread_hook = threading.excepthook
+            threading.excepthook = self._thread_excepthook
+            self._thread_hook_installed = True
+        if not self._sigterm_installed:
+            self._install_sigterm()
+        if self._ipython is None:
+            self._install_ipython()
 
     def _install_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -81,14 +93,18 @@ class CrashGuard:
         self._ipython = shell
 
     def disarm(self) -> None:
-        """Stop reporting; restore every hook that is still ours."""
-        if not self.armed:
-            return
+        """Stop reporting; restore every hook that is still the current one.
+
+        Also called after a report (which by itself only stops reporting), so the
+        process's hooks are back as they were once the run is over either way.
+        """
         self.armed = False
-        if sys.excepthook == self._excepthook:
+        if self._excepthook_installed and sys.excepthook == self._excepthook:
             sys.excepthook = self._prev_excepthook
-        if threading.excepthook == self._thread_excepthook:
+            self._excepthook_installed = False
+        if self._thread_hook_installed and threading.excepthook == self._thread_excepthook:
             threading.excepthook = self._prev_thread_hook
+            self._thread_hook_installed = False
         if self._sigterm_installed and threading.current_thread() is threading.main_thread():
             try:
                 if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
@@ -131,11 +147,14 @@ class CrashGuard:
         self.disarm()
 
     def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
-        # Only the thread that trains matters; a crashed helper thread is not the run dying.
-        if args.thread is threading.main_thread() and args.exc_value is not None:
+        # Only the thread that trains matters (train() run from a thread, as some notebook
+        # and UI tools do); a crashed helper thread is not the run dying.
+        if args.thread is self._thread and args.exc_value is not None:
             self._fire(kind_of(args.exc_value), args.exc_value)
         previous = self._prev_thread_hook or threading.__excepthook__
         previous(args)
+        if args.thread is self._thread:
+            self.disarm()
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         previous = self._prev_sigterm

@@ -23,6 +23,10 @@ logger = get_logger("notifier")
 #: A hard cap on queued messages, critical ones included, so a flood cannot grow memory.
 MAX_QUEUE = 1000
 
+#: Jitter comes from a private generator: the global ``random`` is the user's, seeded for
+#: training, and a draw from it on this thread would change what training computes.
+_rng = random.Random()
+
 
 class Outbox:
     """Delivers one backend's messages in order, off the training thread."""
@@ -55,6 +59,25 @@ class Outbox:
         self.dropped = 0
         self.failed = 0
         self._failing = False
+        # Started now rather than on the first message: a first message sent from an
+        # atexit handler (a run reported as unfinished) could not start it there, as
+        # Python 3.12 refuses new threads at interpreter shutdown.
+        with self._cond:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        """Start the worker unless it runs (called with the lock held; again after a fork)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        thread = threading.Thread(
+            target=self._run, name=f"notifier-{self.backend.name}", daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError as exc:  # at interpreter shutdown
+            logger.warning("%s: cannot deliver: %s", self.backend.describe(), exc)
+            return
+        self._thread = thread
 
     def put(self, message: Message) -> None:
         """Queue ``message``; when behind, the oldest progress message makes way for the newest."""
@@ -72,11 +95,7 @@ class Outbox:
                 self._queue.popleft()
                 self._drop(f"{self.backend.describe()} queue is full: dropped the oldest message")
             self._queue.append(message)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name=f"notifier-{self.backend.name}", daemon=True
-                )
-                self._thread.start()
+            self._start_worker()
             self._cond.notify_all()
 
     def _drop(self, why: str) -> None:
@@ -182,7 +201,7 @@ class Outbox:
         else:
             # Exponential backoff with full jitter (AWS's recommendation) keeps
             # many processes from retrying in lockstep.
-            wait = random.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+            wait = _rng.uniform(0, min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
         if time.monotonic() - started + wait > self.max_retry_time:
             return None
         return wait

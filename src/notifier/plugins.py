@@ -90,14 +90,18 @@ class Registry:
             raise ConfigurationError(f"plugin {provider}: {cls.__name__} has no `name`")
         existing = self._backends.get(cls.name)
         if existing is not None and existing.cls is not cls:
-            if existing.provider == BUILTIN_DISTRIBUTION or provider != BUILTIN_DISTRIBUTION:
-                logger.warning(
-                    "backend name %r from %s is already provided by %s; keeping %s's",
-                    cls.name,
-                    provider,
-                    existing.provider,
-                    existing.provider,
-                )
+            # The first provider keeps a name, except that a built-in always wins, in
+            # whichever order the plugins were loaded; either way the loser is named.
+            keep = existing.provider == BUILTIN_DISTRIBUTION or provider != BUILTIN_DISTRIBUTION
+            loser, winner = (provider, existing.provider) if keep else (existing.provider, provider)
+            logger.warning(
+                "backend name %r from %s is also provided by %s; keeping %s's",
+                cls.name,
+                loser,
+                winner,
+                winner,
+            )
+            if keep:
                 return
         self._backends[cls.name] = BackendInfo(cls.name, cls, provider)
 

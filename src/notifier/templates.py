@@ -9,14 +9,17 @@ file name ``f`` (``E.j2``, or ``E.<part>.j2`` for a backend's extra parts):
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .context import CONTEXT_NAMES
 from .errors import TemplateError
@@ -30,6 +33,7 @@ EVENTS: tuple[str, ...] = (
     "save",
     "train_end",
     "train_error",
+    "alert",
 )
 
 TemplateSource = str | Path | Mapping[str, str] | None
@@ -80,13 +84,51 @@ def _unknown_event(name: str, where: str) -> str:
     return f"{where} names no event ({name!r}).{hint} Events: {', '.join(EVENTS)}."
 
 
+class _Undefined(jinja2.ChainableUndefined):
+    """A missing value renders empty, but an attribute the sandbox refused fails loudly."""
+
+    __slots__ = ()
+
+    def _refuse(self) -> None:
+        # ``''.__class__`` is an Undefined carrying SecurityError: rendering it as ""
+        # would hide the attempt, so raise it (the callback then sends its fallback).
+        if issubclass(self._undefined_exception, SecurityError):
+            self._fail_with_undefined_error()
+
+    def __str__(self) -> str:
+        self._refuse()
+        return ""
+
+    def __iter__(self) -> Iterator[Any]:
+        self._refuse()
+        return iter(())
+
+    def __bool__(self) -> bool:
+        self._refuse()
+        return False
+
+    def __len__(self) -> int:
+        self._refuse()
+        return 0
+
+
 def _finalizer(escape: Callable[[str], str]) -> Callable[[Any], Any]:
     def finalize(value: Any) -> Any:
         if value is None:
             return MISSING
         if isinstance(value, jinja2.Undefined):
-            return ""
+            return str(value)
         return escape(value if isinstance(value, str) else str(value))
+
+    return finalize
+
+
+def _json_finalizer() -> Callable[[Any], Any]:
+    """Values JSON-escaped, to sit inside a JSON string; ``|tojson`` (Markup) is already JSON."""
+    escaped = _finalizer(lambda value: json.dumps(value, ensure_ascii=False)[1:-1])
+
+    def finalize(value: Any) -> Any:
+        return str(value) if isinstance(value, markupsafe.Markup) else escaped(value)
 
     return finalize
 
@@ -109,6 +151,7 @@ class Templates:
         escape: Callable[[str], str] = lambda value: value,
     ) -> None:
         user = _user_loader(source)
+        self._user_dict = isinstance(source, Mapping)
         defaults = jinja2.FileSystemLoader(str(default_templates_dir()))
         prefixed: dict[str, jinja2.BaseLoader] = {"default": defaults}
         if user is not None:
@@ -118,17 +161,19 @@ class Templates:
         )
         options: dict[str, Any] = {
             "loader": loader,
-            "undefined": jinja2.ChainableUndefined,
+            "undefined": _Undefined,
             "trim_blocks": True,
             "lstrip_blocks": True,
         }
         # Plain-text parts escape each substituted value for the service (Slack's
-        # &, <, >); HTML parts are autoescaped instead.
-        self._text_env = SandboxedEnvironment(**options, finalize=_finalizer(escape))
-        self._html_env = SandboxedEnvironment(
+        # &, <, >); HTML parts are autoescaped instead, JSON parts JSON-escaped.
+        self._text_env = ImmutableSandboxedEnvironment(**options, finalize=_finalizer(escape))
+        self._html_env = ImmutableSandboxedEnvironment(
             **options, autoescape=True, finalize=_finalizer(lambda value: value)
         )
-        for env in (self._text_env, self._html_env):
+        # JSON parts JSON-escape each value (for use inside "…"); |tojson output passes as is.
+        self._json_env = ImmutableSandboxedEnvironment(**options, finalize=_json_finalizer())
+        for env in (self._text_env, self._html_env, self._json_env):
             env.filters.update(FILTERS)
         self._templates: dict[str, dict[str, jinja2.Template]] = {}
         for event in events:
@@ -141,31 +186,43 @@ class Templates:
             self._templates[event] = loaded
 
     def _load(self, event: str, part: str, backend: str, has_user: bool) -> jinja2.Template:
-        env = self._html_env if part == "html" else self._text_env
+        env = {"html": self._html_env, "json": self._json_env}.get(part, self._text_env)
         name = file_name(event, part)
         candidates = [f"default:{backend}/{name}", f"default:{name}"]
         if has_user:
             candidates[:0] = [f"user:{backend}/{name}", f"user:{name}"]
         if not backend:
             candidates = [c for c in candidates if "/" not in c]
-        try:
-            template = env.select_template(candidates)
-            if has_user and template.name and template.name.startswith("user:"):
-                self._check_names(env, template.name, event)
+        # Candidates are tried one by one (not select_template) to know which one was
+        # found: PrefixLoader compiles templates under their unprefixed name.
+        for candidate in candidates:
+            try:
+                template = env.get_template(candidate)
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(
+                    f"template for event {event!r} ({self._where(candidate, exc.filename)}, "
+                    f"line {exc.lineno}): {exc.message}"
+                ) from None
+            except jinja2.TemplateNotFound as exc:
+                if exc.name != candidate:
+                    raise
+                continue
+            if candidate.startswith("user:"):
+                self._check_names(env, candidate, event)
             return template
-        except jinja2.TemplateSyntaxError as exc:
-            where = exc.filename or exc.name or name
-            raise TemplateError(
-                f"template for event {event!r} ({where}, line {exc.lineno}): {exc.message}"
-            ) from None
-        except jinja2.TemplateNotFound as exc:
-            raise _NotFound(
-                f"no template for event {event!r} (part {part!r}): looked for "
-                f"{', '.join(candidates)}; {exc.message or ''}".rstrip("; ")
-            ) from None
+        raise _NotFound(
+            f"no template for event {event!r} (part {part!r}): looked for {', '.join(candidates)}"
+        )
 
-    @staticmethod
-    def _check_names(env: jinja2.Environment, name: str, event: str) -> None:
+    def _where(self, name: str, filename: str | None) -> str:
+        """Where a template comes from, for error messages: its file, or its templates key."""
+        if filename:
+            return filename
+        if name.startswith("user:") and self._user_dict:
+            return f"templates[{name.removeprefix('user:').removesuffix('.j2')!r}]"
+        return name
+
+    def _check_names(self, env: jinja2.Environment, name: str, event: str) -> None:
         """Reject a user template that uses a name the context does not have (a typo)."""
         assert env.loader is not None
         source, filename, _ = env.loader.get_source(env, name)
@@ -176,8 +233,8 @@ class Templates:
             close = difflib.get_close_matches(bad, CONTEXT_NAMES, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise TemplateError(
-                f"template for event {event!r} ({filename or name}) uses {bad!r}, which is not "
-                f"in the context.{hint} Available: {', '.join(CONTEXT_NAMES)}."
+                f"template for event {event!r} ({self._where(name, filename)}) uses {bad!r}, "
+                f"which is not in the context.{hint} Available: {', '.join(CONTEXT_NAMES)}."
             )
 
     def render(self, event: str, context: Mapping[str, Any]) -> dict[str, str]:

@@ -1,0 +1,186 @@
+"""Runs that end abnormally (crash, caught error, Ctrl-C, SIGTERM) are reported once, and the
+process ends exactly as it would without the notifier."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import TOKEN
+from scripts import runner
+from slack_server import SlackServer
+
+CRASH = ["--crash-at", "6"]  # forward call 6: inside epoch 2, after 5 optimizer steps
+SLOW = ["--slow", "0.02", "--epochs", "1000"]  # ends only when signalled
+
+
+def _args(tmp_path: Path, server: SlackServer | None, *extra: str) -> list[str]:
+    args = ["--output-dir", str(tmp_path / "out"), *extra]
+    if server is not None:
+        args += ["--base-url", server.base_url]
+    return runner.command(*args)
+
+
+def _traceback(stderr: str) -> str:
+    """The printed traceback, from its header to the exception line."""
+    match = re.search(r"^Traceback \(most recent call last\):\n.*?^\S[^\n]*", stderr, re.S | re.M)
+    assert match, stderr
+    return match.group(0)
+
+
+def _errors(server: SlackServer) -> list[str]:
+    return [t for t in server.texts() if t.split(":")[0] in ERROR_HEADLINES]
+
+
+ERROR_HEADLINES = {
+    "❌ Training failed",
+    "⚠️ Training ended without finishing",
+    "⏹️ Training interrupted",
+    "🛑 Training terminated",
+}
+
+
+def test_uncaught_crash_is_reported_and_exits_as_before(
+    slack_server: SlackServer, tmp_path: Path
+) -> None:
+    env = runner.script_env(TOKEN)
+    runs = runner.run_all(
+        {
+            "plain": (_args(tmp_path / "plain", None, *CRASH), env),
+            "notified": (_args(tmp_path, slack_server, *CRASH), env),
+        }
+    )
+    plain, notified = runs["plain"].result(), runs["notified"].result()
+
+    assert plain.returncode == notified.returncode == 1
+    assert _traceback(notified.stderr) == _traceback(plain.stderr)
+    assert _traceback(plain.stderr).endswith("RuntimeError: boom at forward call 6")
+
+    texts = slack_server.texts()
+    assert [t.split("\n")[0] for t in texts] == [
+        "🚀 Training started: out",
+        "📈 out: epoch 1/2",
+        "❌ Training failed: out",
+    ]
+    error = texts[-1]
+    assert "\nRuntimeError: boom at forward call 6\n" in error
+    assert re.search(r"\nAt step 5/8, epoch 1\.25, after \d+\.\ds on \S+\n", error), error
+    # The traceback's tail, ending with the exception itself.
+    tail = error.split("```")[1].strip()
+    assert 'in forward\n    raise RuntimeError(f"boom at forward call' in tail
+    assert tail.endswith("RuntimeError: boom at forward call 6")
+    assert TOKEN not in notified.output
+
+
+def test_caught_crash_is_reported_as_unfinished_by_exit(
+    slack_server: SlackServer, tmp_path: Path
+) -> None:
+    run = runner.run(_args(tmp_path, slack_server, *CRASH, "--catch"), runner.script_env(TOKEN))
+
+    assert run.returncode == 0, run.stderr
+    assert run.result["caught"] == "RuntimeError: boom at forward call 6"
+    errors = _errors(slack_server)
+    assert len(errors) == 1, slack_server.texts()
+    assert errors[0].startswith("⚠️ Training ended without finishing: out\nunfinished: ")
+    assert "At step 5/8" in errors[0]
+    # Sent from the atexit handler: the last message, after the script's own output.
+    assert slack_server.texts()[-1] == errors[0]
+
+
+@pytest.mark.parametrize(
+    ("signum", "user_handler", "headline"),
+    [
+        (signal.SIGINT, False, "⏹️ Training interrupted: out"),
+        (signal.SIGTERM, False, "🛑 Training terminated: out"),
+        (signal.SIGTERM, True, "🛑 Training terminated: out"),
+    ],
+    ids=["ctrl-c", "sigterm", "sigterm-user-handler"],
+)
+def test_signal_is_reported_and_ends_the_process_as_before(
+    signum: signal.Signals,
+    user_handler: bool,
+    headline: str,
+    slack_server: SlackServer,
+    tmp_path: Path,
+) -> None:
+    env = runner.script_env(TOKEN)
+    extra = [*SLOW, "--mark"] + (["--user-sigterm"] if user_handler else [])
+
+    plain = runner.Live(_args(tmp_path / "plain", None, *extra), env)
+    notified = runner.Live(_args(tmp_path, slack_server, *extra), env)
+    plain.wait_for_line("training")
+    plain.process.send_signal(signum)
+    slack_server.wait_for(1, timeout=runner.TIMEOUT)  # the start message: training is on
+    notified.process.send_signal(signum)
+    before, after = plain.finish(), notified.finish()
+
+    assert after.returncode == before.returncode == -signum
+    if user_handler:
+        for run in (before, after):
+            assert "user SIGTERM handler ran" in run.stdout
+    if signum == signal.SIGINT:
+        assert _traceback(before.stderr).endswith("KeyboardInterrupt")
+        assert _traceback(after.stderr).endswith("KeyboardInterrupt")
+    errors = _errors(slack_server)
+    assert len(errors) == 1, slack_server.texts()
+    assert errors[0].startswith(headline + "\n")
+    assert TOKEN not in after.output
+
+
+def test_two_trainings_report_twice_and_restore_the_hooks(
+    slack_server: SlackServer, tmp_path: Path
+) -> None:
+    env = runner.script_env(TOKEN)
+    runs = runner.run_all(
+        {
+            "plain": (_args(tmp_path / "plain", None, "--twice"), env),
+            "notified": (_args(tmp_path, slack_server, "--twice"), env),
+        }
+    )
+    plain, run = runs["plain"].result(), runs["notified"].result()
+
+    assert run.returncode == plain.returncode == 0, run.stderr
+    assert (run.result["loss"], run.result["loss2"]) == (
+        plain.result["loss"],
+        plain.result["loss2"],
+    )
+    headlines = [t.split("\n")[0].split(":")[0] for t in slack_server.texts()]
+    assert headlines == 2 * ["🚀 Training started", "📈 out", "📈 out", "✅ Training finished"]
+    # sys.excepthook and the SIGTERM handler are the script's own again.
+    assert run.result["hooks_restored"] is True
+
+
+@pytest.mark.parametrize("second", ["crash", "sigterm"])
+def test_a_run_after_a_caught_crash_is_guarded_as_the_first(
+    second: str, slack_server: SlackServer, tmp_path: Path
+) -> None:
+    env = runner.script_env(TOKEN)
+    extra = [*CRASH, "--catch", "--then", "crash" if second == "crash" else "normal"]
+    if second == "sigterm":
+        extra += SLOW
+    process = runner.Live(_args(tmp_path, slack_server, *extra), env)
+    if second == "sigterm":
+        slack_server.wait_for(4, timeout=runner.TIMEOUT)  # the second start message
+        process.process.send_signal(signal.SIGTERM)
+    run = process.finish()
+
+    # The first run is reported as unfinished when the second begins; the second's end
+    # is reported too, and the process ends as it would without the notifier.
+    headlines = [t.split(":")[0] for t in slack_server.texts()]
+    assert headlines[:4] == [
+        "🚀 Training started",
+        "📈 out",
+        "⚠️ Training ended without finishing",
+        "🚀 Training started",
+    ]
+    if second == "crash":
+        assert run.returncode == 1
+        assert run.stderr.rstrip().endswith("\nRuntimeError: boom at forward call 7")
+        assert [h for h in headlines[4:] if h != "📈 out"] == ["❌ Training failed"]
+    else:
+        assert run.returncode == -signal.SIGTERM
+        assert [h for h in headlines[4:] if h != "📈 out"] == ["🛑 Training terminated"]
+    assert "Error in sys.excepthook" not in run.stderr and "RecursionError" not in run.stderr

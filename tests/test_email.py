@@ -1,0 +1,569 @@
+"""The email backend against a real aiosmtpd server on loopback: delivery, TLS, AUTH, faults."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from notifier_backends.email_smtp import EmailBackend, one_line
+
+import notifier
+from conftest import all_output
+from notifier.backend import Message
+from notifier.context import sample_context
+from notifier.outbox import Outbox
+from notifier.secrets import redact
+from notifier.templates import EVENTS, Templates
+from tiny import make_trainer
+
+SENDER = "Trainer <trainer@example.org>"
+TO = ["ann@example.org", "Bob Smith <bob@example.net>"]
+USER, PASSWORD = "trainer", "pa55-w0rd-SECRET-xyz"
+INJECTION = "evil\r\nBcc: x@example.org"
+_plain: dict[str, Any] = {"sender": SENDER, "to": TO, "starttls": False}
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (aiosmtpd's Controller cannot bind port 0)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# -- a real SMTP server ---------------------------------------------------------------------
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    tls: bool
+    login: str | None
+
+    @property
+    def message(self) -> EmailMessage:
+        parsed = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+@dataclass
+class Inbox:
+    """The aiosmtpd handler: keeps each accepted message; ``replies`` scripts DATA answers."""
+
+    received: list[Received] = field(default_factory=list)
+    replies: list[str] = field(default_factory=list)
+    refuse: set[str] = field(default_factory=set)
+    data_attempts: int = 0
+    logins: set[Any] = field(default_factory=set)  # connections that tried AUTH
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle_RCPT(  # noqa: N802 - aiosmtpd's hook name
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        with self.cond:
+            self.data_attempts += 1
+            if self.replies:
+                return self.replies.pop(0)
+            self.received.append(
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    bytes(envelope.original_content),
+                    server.transport.get_extra_info("ssl_object") is not None,
+                    session.auth_data.decode() if session.authenticated else None,
+                )
+            )
+            self.cond.notify_all()
+        return "250 OK"
+
+    def authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+    ) -> AuthResult:
+        self.logins.add(session.peer)  # smtplib tries PLAIN, then LOGIN, per connection
+        ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+            USER.encode(),
+            PASSWORD.encode(),
+        )
+        return AuthResult(success=ok, handled=False, auth_data=data.login if ok else None)
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.received) >= count, timeout), (
+                f"{len(self.received)} of {count} messages arrived"
+            )
+            return list(self.received)
+
+
+@dataclass
+class Server:
+    inbox: Inbox
+    port: int
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (certfile, keyfile)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    try:
+        _certificate_with_cryptography(cert, key)
+    except ImportError:
+        if shutil.which("openssl") is None:
+            pytest.skip("needs the cryptography package or the openssl command")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+            + ["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout", str(key)]
+            + ["-out", str(cert), "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+            check=True,
+            capture_output=True,
+        )
+    return cert, key
+
+
+def _certificate_with_cryptography(cert: Path, key: Path) -> None:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    built = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(built.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+
+
+@pytest.fixture
+def smtp_server(certificate: tuple[Path, Path]) -> Iterator[Callable[..., Server]]:
+    """Starts aiosmtpd servers: ``start(tls=..., auth=..., smtps=...)``; all stopped after."""
+    controllers: list[Controller] = []
+
+    def start(*, tls: bool = False, auth: bool = False, smtps: bool = False) -> Server:
+        inbox = Inbox()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*certificate)
+        options: dict[str, Any] = {"server_hostname": "localhost"}
+        if tls:
+            options.update(tls_context=context, require_starttls=True)
+        if smtps:
+            options.update(ssl_context=context)
+        if auth:
+            options.update(authenticator=inbox.authenticate, auth_required=True)
+        port = free_port()
+        controller = Controller(inbox, hostname="127.0.0.1", port=port, **options)
+        controller.start()
+        controllers.append(controller)
+        return Server(inbox, port)
+
+    yield start
+    for controller in controllers:
+        controller.stop()
+
+
+def backend_for(server: Server, **options: Any) -> EmailBackend:
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "sender": SENDER,
+        "to": TO,
+        "starttls": False,
+        "timeout": 5,
+    }
+    settings.update(options)
+    return EmailBackend(**settings)
+
+
+def message(event: str = "epoch_end", run_name: str = "run-a") -> Message:
+    text = f"📈 {run_name}: epoch 1/2\nTrain: loss 0.5"
+    parts = {"subject": f"📈 {run_name}: epoch 1/2", "text": text, "html": "<p>epoch 1</p>"}
+    return Message(event=event, text=text, parts=parts)
+
+
+def parts_of(mail: EmailMessage) -> tuple[str, str]:
+    text = mail.get_body(("plain",))
+    page = mail.get_body(("html",))
+    assert text is not None and page is not None
+    return text.get_content(), page.get_content()
+
+
+# -- configuration ---------------------------------------------------------------------------
+BASE = {"host": "smtp.example.org", "sender": SENDER, "to": TO}
+
+
+@pytest.mark.parametrize(
+    ("options", "fix"),
+    [
+        ({"host": None}, "SMTP_HOST"),
+        ({"sender": None}, "SMTP_SENDER"),
+        ({"sender": "not-an-address"}, "user@example.org"),
+        ({"sender": "a@example.org\r\nBcc: x@example.org"}, "line-break"),
+        ({"to": []}, "SMTP_TO"),
+        ({"to": ["ann@example.org", "nobody"]}, "user@example.org"),
+        ({"to": ["ann@example.org\nBcc: x@example.org"]}, "line-break"),
+        ({"starttls": True, "ssl": True}, "choose one"),
+        ({"username": USER}, "SMTP_PASSWORD"),
+        ({"password": PASSWORD}, "SMTP_USERNAME"),
+        ({"username": USER, "password": PASSWORD, "starttls": False}, "unencrypted"),
+        ({"port": "smtp"}, "SMTP_PORT"),
+        ({"port": 70000}, "SMTP_PORT"),
+        ({"timeout": 0}, "SMTP_TIMEOUT"),
+        ({"timeout": float("inf")}, "SMTP_TIMEOUT"),
+        ({"starttls": "maybe"}, "SMTP_STARTTLS"),
+        ({"cafile": "/nonexistent/ca.pem"}, "SMTP_CAFILE"),
+        ({"cafile": "/nonexistent/ca.pem", "starttls": False}, "TLS is off"),
+        ({"colour": "blue"}, "unknown option"),
+    ],
+)
+def test_bad_configuration_names_the_fix(
+    monkeypatch: pytest.MonkeyPatch, options: dict[str, Any], fix: str
+) -> None:
+    for name in ("SMTP_HOST", "SMTP_SENDER", "SMTP_FROM", "SMTP_TO", "SMTP_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("SMTP_PASSWORD", raising=False)
+    with pytest.raises(notifier.ConfigurationError, match="email backend") as caught:
+        EmailBackend(**{**BASE, **options})
+    assert fix in str(caught.value)
+    assert PASSWORD not in str(caught.value)
+
+
+def test_every_option_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, certificate: tuple[Path, Path]
+) -> None:
+    env = {
+        "SMTP_HOST": "smtp.example.org",
+        "SMTP_PORT": "2525",
+        "SMTP_FROM": SENDER,
+        "SMTP_TO": 'ann@example.org, "Smith, Bob" <bob@example.net>',
+        "SMTP_USERNAME": USER,
+        "SMTP_PASSWORD": PASSWORD,
+        "SMTP_STARTTLS": "yes",
+        "SMTP_SSL": "0",
+        "SMTP_TIMEOUT": "7.5",
+        "SMTP_CAFILE": str(certificate[0]),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SMTP_SENDER", raising=False)
+    backend = notifier.get_backend("email")
+    assert isinstance(backend, EmailBackend)
+    assert (backend.host, backend.port, backend.timeout) == ("smtp.example.org", 2525, 7.5)
+    assert backend.sender == ("Trainer", "trainer@example.org")
+    assert [addr for _, addr in backend.to] == ["ann@example.org", "bob@example.net"]
+    assert backend.to[1][0] == "Smith, Bob"
+    assert (backend.starttls, backend.ssl, backend.cafile) == (True, False, env["SMTP_CAFILE"])
+    assert backend.secrets() == [PASSWORD]
+    assert backend.describe() == "email smtp.example.org:2525 -> 2 recipients"
+    assert PASSWORD not in repr(backend)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, (587, True, False)),
+        ({"ssl": True}, (465, False, True)),
+        ({"port": 465}, (465, False, True)),
+        ({"starttls": False}, (25, False, False)),
+        ({"starttls": "off", "port": "2525"}, (2525, False, False)),
+    ],
+)
+def test_port_and_tls_defaults(options: dict[str, Any], expected: tuple[int, bool, bool]) -> None:
+    backend = EmailBackend(**{**BASE, **options})
+    assert (backend.port, backend.starttls, backend.ssl) == expected
+
+
+def test_subject_collapses_to_one_line() -> None:
+    assert one_line("a\r\nBcc: x@example.org\t b\x00c") == "a Bcc: x@example.org b c"
+    assert one_line("x" * 500).endswith("…") and len(one_line("x" * 500)) == 200
+
+
+@pytest.mark.parametrize("event", EVENTS)
+def test_every_event_has_a_subject_and_an_escaped_html_part(event: str) -> None:
+    templates = Templates(backend="email", parts=EmailBackend.parts, events=(event,))
+    context = {**sample_context(event), "run_name": "<b>run</b>\nBcc: x@example.org"}
+    parts = templates.render(event, context)
+    mail = EmailBackend(**BASE).compose(Message(event, parts["text"], parts=parts))
+    assert "\n" not in mail["Subject"] and "<b>run</b> Bcc: x@example.org" in mail["Subject"]
+    page = parts["html"]
+    assert page.startswith("<!DOCTYPE html>") and page.endswith("</html>")
+    assert "&lt;b&gt;run&lt;/b&gt;" in page and "<b>run" not in page
+    assert "None" not in page and "None" not in mail["Subject"]
+
+
+# -- delivery with a real Trainer ------------------------------------------------------------
+def test_trainer_emails_every_event(
+    smtp_server: Callable[..., Server], tmp_path: Path, notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    server = smtp_server()
+    callback = notifier.NotifierCallback([backend_for(server)])
+    make_trainer(tmp_path / "run-a", [callback]).train()
+    assert callback.flush(10)
+    received = server.inbox.wait_for(4)
+    assert len(received) == 4
+    subjects = [r.message["Subject"] for r in received]
+    assert subjects[0] == "🚀 Training started: run-a"
+    assert subjects[1].startswith("📈 run-a: epoch 1/2 · loss ")
+    assert subjects[2].startswith("📈 run-a: epoch 2/2")
+    assert subjects[3] == "✅ Training finished: run-a"
+    for item in received:
+        mail = item.message
+        assert item.mail_from == "trainer@example.org"
+        assert item.rcpt_tos == ["ann@example.org", "bob@example.net"]
+        assert mail["To"] == "ann@example.org, Bob Smith <bob@example.net>"
+        assert mail["From"] == SENDER
+        assert mail["Auto-Submitted"] == "auto-generated"
+        assert mail["Message-ID"].endswith("@example.org>") and mail["Date"]
+        assert mail.get_content_type() == "multipart/alternative"
+        text, page = parts_of(mail)
+        assert "run-a" in text and str(tmp_path / "run-a") in text
+        assert page.lstrip().startswith("<!DOCTYPE html>") and "run-a" in page
+        assert "None" not in text and "None" not in page
+    _, last = parts_of(received[3].message)
+    assert "train_loss" in last  # the metrics table
+    assert received[1].message["X-Notifier-Event"] == "epoch_end"
+    assert callback.stats["email"] == {"sent": 4, "dropped": 0, "failed": 0}
+    notes = [r for r in notifier_logs.records if r.name.startswith("notifier")]
+    assert not [r.getMessage() for r in notes if r.levelname == "WARNING"]
+
+
+def test_run_name_cannot_inject_headers_or_recipients(
+    smtp_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    server = smtp_server()
+    callback = notifier.NotifierCallback([backend_for(server)], events=["train_begin"])
+    make_trainer(tmp_path / "run", [callback], run_name=INJECTION).train()
+    assert callback.flush(10)
+    (item,) = server.inbox.wait_for(1)
+    mail = item.message
+    assert item.rcpt_tos == ["ann@example.org", "bob@example.net"]
+    assert mail["Bcc"] is None and "x@example.org" not in mail["To"]
+    assert mail["Subject"] == "🚀 Training started: evil Bcc: x@example.org"
+    header_lines = item.data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert not [line for line in header_lines if line.lower().startswith(b"bcc")]
+    assert sorted(set(mail.keys())) == sorted(
+        {"Subject", "From", "To", "Date", "Message-ID", "Auto-Submitted", "X-Notifier-Event"}
+        | {"Content-Type", "MIME-Version"}
+    )
+
+
+def test_html_part_escapes_the_run_name(smtp_server: Callable[..., Server], tmp_path: Path) -> None:
+    server = smtp_server()
+    callback = notifier.NotifierCallback([backend_for(server)], events=["train_end"])
+    make_trainer(tmp_path / "run", [callback], run_name="<script>alert(1)</script>").train()
+    assert callback.flush(10)
+    (item,) = server.inbox.wait_for(1)
+    text, page = parts_of(item.message)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script>" not in page
+    assert "<script>alert(1)</script>" in text  # plain text is shown literally
+
+
+def test_fallback_text_is_escaped_in_the_html_part(smtp_server: Callable[..., Server]) -> None:
+    """After a template error the callback sends the same plain text in every part."""
+    server = smtp_server()
+    text = "train begin: <b>run</b> (step 0)"
+    backend_for(server).send(
+        Message("train_begin", text, parts={"subject": text, "text": text, "html": text})
+    )
+    (item,) = server.inbox.wait_for(1)
+    assert "&lt;b&gt;run&lt;/b&gt;" in parts_of(item.message)[1]
+
+
+# -- TLS and login ---------------------------------------------------------------------------
+def test_starttls_with_a_self_signed_certificate(
+    smtp_server: Callable[..., Server], certificate: tuple[Path, Path]
+) -> None:
+    server = smtp_server(tls=True)
+    backend_for(server, starttls=True, cafile=certificate[0]).send(message())
+    (item,) = server.inbox.wait_for(1)
+    assert item.tls and item.login is None
+
+
+def test_smtps_with_a_custom_ssl_context(
+    smtp_server: Callable[..., Server], certificate: tuple[Path, Path]
+) -> None:
+    server = smtp_server(smtps=True)
+    context = ssl.create_default_context(cafile=str(certificate[0]))
+    backend_for(server, ssl=True, ssl_context=context).send(message())
+    (item,) = server.inbox.wait_for(1)
+    assert item.tls
+
+
+def test_login_over_starttls(
+    smtp_server: Callable[..., Server],
+    certificate: tuple[Path, Path],
+    notifier_logs: pytest.LogCaptureFixture,
+) -> None:
+    server = smtp_server(tls=True, auth=True)
+    backend = backend_for(
+        server, starttls=True, cafile=certificate[0], username=USER, password=PASSWORD
+    )
+    backend.check()
+    backend.send(message())
+    (item,) = server.inbox.wait_for(1)
+    assert item.tls and item.login == USER
+    assert len(server.inbox.logins) == 2
+    assert PASSWORD not in all_output(notifier_logs)
+
+
+def test_wrong_password_disables_after_one_warning(
+    smtp_server: Callable[..., Server],
+    certificate: tuple[Path, Path],
+    notifier_logs: pytest.LogCaptureFixture,
+) -> None:
+    server = smtp_server(tls=True, auth=True)
+    backend = backend_for(
+        server, starttls=True, cafile=certificate[0], username=USER, password=PASSWORD + "-nope"
+    )
+    with pytest.raises(notifier.ConfigurationError, match="SMTP_PASSWORD"):
+        backend.check()
+    redact.add(*backend.secrets())  # as NotifierCallback does
+    outbox = Outbox(backend, backoff=0.01)
+    for _ in range(3):
+        outbox.put(message())
+    assert outbox.flush(10)
+    assert outbox.disabled and outbox.failed == 1 and outbox.sent == 0
+    assert len(server.inbox.logins) == 2  # check() and the first message, nothing after
+    warnings = [r.getMessage() for r in notifier_logs.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "refused the login for 'trainer'" in warnings[0] and "switched off" in warnings[0]
+    assert PASSWORD not in all_output(notifier_logs)
+
+
+@pytest.mark.parametrize(
+    ("server_options", "options", "fix"),
+    [
+        ({"tls": True}, {"starttls": True}, "SMTP_CAFILE"),  # self-signed, no cafile
+        ({}, {"starttls": True}, "does not offer STARTTLS"),
+        ({}, {"to": ["ann@example.org", "nobody@example.org"]}, "nobody@example.org: 550"),
+    ],
+)
+def test_unfixable_errors_disable_the_backend(
+    smtp_server: Callable[..., Server],
+    server_options: dict[str, Any],
+    options: dict[str, Any],
+    fix: str,
+) -> None:
+    server = smtp_server(**server_options)
+    server.inbox.refuse = {"nobody@example.org", "ann@example.org"}
+    with pytest.raises(notifier.DeliveryError) as caught:
+        backend_for(server, **options).send(message())
+    assert caught.value.disable and not caught.value.retryable
+    assert fix in str(caught.value)
+    assert server.inbox.received == []
+
+
+# -- faults ----------------------------------------------------------------------------------
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections (the kernel's backlog) and never says a word."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield int(listener.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("case", "retryable", "words"),
+    [
+        ("refused", True, "ConnectionRefusedError"),
+        ("silent", True, "did not answer within 0.3s"),
+        ("554", False, "554 5.7.1 rejected as spam"),
+        ("552", False, "552"),
+    ],
+)
+def test_fault_table(
+    smtp_server: Callable[..., Server],
+    silent_port: int,
+    case: str,
+    retryable: bool,
+    words: str,
+) -> None:
+    if case == "refused":
+        backend = EmailBackend(host="127.0.0.1", port=free_port(), **_plain)
+    elif case == "silent":
+        backend = EmailBackend(host="127.0.0.1", port=silent_port, timeout=0.3, **_plain)
+    else:
+        server = smtp_server()
+        reply = {"554": "554 5.7.1 rejected as spam", "552": "552 5.3.4 message too big"}[case]
+        server.inbox.replies = [reply]
+        backend = backend_for(server)
+    started = time.monotonic()
+    with pytest.raises(notifier.DeliveryError) as caught:
+        backend.send(message())
+    assert caught.value.retryable is retryable and not caught.value.disable
+    assert words in str(caught.value)
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("reply", ["421 4.3.2 shutting down", "451 4.3.0 try again later"])
+def test_temporary_errors_are_retried_then_delivered(
+    smtp_server: Callable[..., Server], reply: str, notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    server = smtp_server()
+    server.inbox.replies = [reply]
+    outbox = Outbox(backend_for(server), backoff=0.01)
+    outbox.put(message())
+    assert outbox.flush(10)
+    (item,) = server.inbox.wait_for(1)
+    assert item.rcpt_tos == ["ann@example.org", "bob@example.net"]
+    assert server.inbox.data_attempts == 2
+    assert (outbox.sent, outbox.failed) == (1, 0)
+    retries = [r.getMessage() for r in notifier_logs.records if "retry 1" in r.getMessage()]
+    assert retries and reply.split()[0] in retries[0]
+
+
+def test_partly_refused_recipients_still_deliver(
+    smtp_server: Callable[..., Server], notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    server = smtp_server()
+    server.inbox.refuse = {"nobody@example.org"}
+    backend_for(server, to=["ann@example.org", "nobody@example.org"]).send(message())
+    (item,) = server.inbox.wait_for(1)
+    assert item.rcpt_tos == ["ann@example.org"]
+    assert "refused nobody@example.org (550)" in notifier_logs.text
