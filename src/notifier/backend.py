@@ -3,11 +3,62 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .errors import ConfigurationError
+from .secrets import get_logger, redact
+
+_logger = get_logger("notifier")
+
+
+class Attachment:
+    """A file sent with a message (the training-curves PNG), produced lazily and once.
+
+    ``produce`` runs on the first worker thread that reads ``data``, never on the
+    training thread; every backend sharing the attachment gets the same bytes. A
+    ``produce`` that raises is not run again: ``data`` raises that error each time.
+    """
+
+    def __init__(self, filename: str, mime: str, produce: Callable[[], bytes], *, title: str = ""):
+        self.filename = filename
+        self.mime = mime
+        self.title = title or filename
+        self._produce: Callable[[], bytes] | None = produce
+        self._data: bytes | None = None
+        self._error: Exception | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def data(self) -> bytes:
+        with self._lock:
+            if self._produce is not None:
+                produce, self._produce = self._produce, None
+                try:
+                    self._data = produce()
+                except Exception as exc:
+                    self._error = exc
+                    _logger.warning(
+                        "notifier: could not produce %s (%s: %s); messages go without it",
+                        self.filename,
+                        type(exc).__name__,
+                        redact(str(exc)),
+                    )
+            if self._data is None:
+                raise self._error or RuntimeError(f"{self.filename} could not be produced")
+            return self._data
+
+    def read(self) -> bytes | None:
+        """``data``, or None when producing it failed (logged once, as a warning)."""
+        try:
+            return self.data
+        except Exception:  # noqa: BLE001 - a missing image must never lose the message
+            return None
+
+    def __repr__(self) -> str:
+        return f"<Attachment {self.filename} {self.mime}>"
 
 
 @dataclass(frozen=True)
@@ -25,6 +76,7 @@ class Message:
     parts: Mapping[str, str] = field(default_factory=dict)
     context: Mapping[str, Any] = field(default_factory=dict)
     critical: bool = False
+    attachments: tuple[Attachment, ...] = ()
 
     @property
     def title(self) -> str:
@@ -62,6 +114,10 @@ class Backend:
     #: Pacing: at most ``burst`` messages at once, then one every ``interval`` seconds.
     interval: ClassVar[float] = 0.0
     burst: ClassVar[int] = 1
+    #: Seconds between ``progress`` messages (live cards, heartbeats), or None for none.
+    #: Only backends that set it get them, whatever ``events`` says; while training runs,
+    #: at most one per interval, the newest replacing any still queued.
+    progress_interval: float | None = None
 
     def send(self, message: Message) -> None:
         """Deliver ``message``, or raise ``DeliveryError``."""

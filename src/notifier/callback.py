@@ -7,15 +7,20 @@ import functools
 import html
 import math
 import os
+import re
+import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from transformers import TrainerCallback
 
-from .backend import Backend, Message
+from .alerts import Alert, AlertRules, Improvement, StallWatch
+from .backend import Attachment, Backend, Message
+from .config import UNTHROTTLED, Config, load_config
 from .context import RunTracker, plain_metrics
 from .errors import ConfigurationError
 from .filters import MISSING
@@ -26,9 +31,11 @@ from .templates import EVENTS, Templates, TemplateSource
 
 logger = get_logger("notifier")
 
-DEFAULT_EVENTS: tuple[str, ...] = ("train_begin", "epoch_end", "train_end", "train_error")
+DEFAULT_EVENTS: tuple[str, ...] = ("train_begin", "epoch_end", "train_end", "train_error", "alert")
 #: Never coalesced or dropped when a backend is behind.
-CRITICAL_EVENTS = frozenset({"train_begin", "train_end", "train_error"})
+CRITICAL_EVENTS = frozenset({"train_begin", "train_end", "train_error", "alert"})
+#: Sent only to backends asking for it (``Backend.progress_interval``), whatever ``events`` says.
+TICK_EVENT = "progress"
 #: Sent by every rank; everything else only by world process zero.
 ANY_RANK_EVENTS = frozenset({"train_error"})
 CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
@@ -84,18 +91,71 @@ def _resolve_backends(backends: Iterable[Backend | str] | Backend | str | None) 
     return resolved
 
 
-def _resolve_events(events: Iterable[str] | None) -> tuple[str, ...]:
+def _resolve_events(events: Iterable[str] | None, what: str = "events") -> tuple[str, ...]:
     if events is None:
         return DEFAULT_EVENTS
     if isinstance(events, str):
         events = [events]
     chosen = tuple(dict.fromkeys(events))
-    unknown = [e for e in chosen if e not in EVENTS]
+    unknown = [e for e in chosen if e not in EVENTS or e == TICK_EVENT]
     if unknown:
+        selectable = [e for e in EVENTS if e != TICK_EVENT]
         raise ConfigurationError(
-            f"unknown event(s) {', '.join(unknown)}; events: {', '.join(EVENTS)}"
+            f"{what}: unknown event(s) {', '.join(unknown)}; events: {', '.join(selectable)} "
+            f"({TICK_EVENT!r} goes to backends that ask for it, such as a Slack live card)"
         )
     return chosen
+
+
+def _resolve_alerts(alerts: AlertRules | Mapping[str, Any] | bool | None) -> AlertRules | None:
+    if alerts is None or alerts is True:
+        return AlertRules()  # NaN/inf watching only: cheap, and never a false alarm
+    if alerts is False:
+        return None
+    if isinstance(alerts, AlertRules):
+        return alerts
+    if isinstance(alerts, Mapping):
+        return AlertRules(dict(alerts))
+    raise ConfigurationError(
+        f"alerts must be a dict of thresholds such as {{'loss': '> 10'}}, an AlertRules, or "
+        f"False, not {type(alerts).__name__}"
+    )
+
+
+def _resolve_throttle(throttle: Mapping[str, Mapping[str, float]] | None) -> dict[str, Any]:
+    """Validate ``{event: {"every_n_epochs": n, "min_interval": seconds}}``."""
+    checked: dict[str, Any] = {}
+    for event, options in (throttle or {}).items():
+        if event not in EVENTS or event == TICK_EVENT:
+            raise ConfigurationError(f"throttle: unknown event {event!r}")
+        if event in UNTHROTTLED:
+            raise ConfigurationError(
+                f"throttle: {event} is never throttled; a start, end or crash must always arrive"
+            )
+        for option, value in options.items():
+            if option == "every_n_epochs" and event != "epoch_end":
+                raise ConfigurationError("throttle: every_n_epochs applies to epoch_end only")
+            if option not in ("every_n_epochs", "min_interval"):
+                raise ConfigurationError(
+                    f"throttle.{event}: unknown option {option!r}; use every_n_epochs or "
+                    "min_interval"
+                )
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(f"throttle.{event}.{option} must be > 0, got {value!r}")
+        checked[event] = dict(options)
+    return checked
+
+
+@dataclass
+class _Route:
+    """One backend with its templates, outbox, the events it gets and its progress clock."""
+
+    backend: Backend
+    templates: Templates
+    outbox: Outbox
+    events: frozenset[str]
+    next_tick: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _traceback_tail(exc: BaseException, limit: int) -> str:
@@ -119,9 +179,35 @@ class NotifierCallback(TrainerCallback):
         *,
         events: Sequence[str] | None = None,
         templates: TemplateSource = None,
-        flush_timeout: float = 10.0,
-        max_backlog: int = 10,
+        flush_timeout: float | None = None,
+        max_backlog: int | None = None,
+        alerts: AlertRules | Mapping[str, Any] | bool | None = None,
+        only_improvements: str | None = None,
+        stall_after: float | None = None,
+        plots: bool | None = None,
+        throttle: Mapping[str, Mapping[str, float]] | None = None,
+        routes: Mapping[str, Sequence[str]] | None = None,
+        config: str | os.PathLike[str] | bool | None = None,
     ) -> None:
+        given = {
+            "events": events,
+            "templates": templates,
+            "flush_timeout": flush_timeout,
+            "max_backlog": max_backlog,
+            "alerts": alerts,
+            "stall_after": stall_after,
+            "plots": plots,
+            "throttle": throttle,
+            "routes": routes,
+        }
+        # Arguments beat the environment, which beats the configuration file.
+        if config is False:
+            cfg = Config()
+        else:
+            cfg = load_config(None if config is None or config is True else config)
+        settings = {**cfg.callback_kwargs(), **{k: v for k, v in given.items() if v is not None}}
+        flush_timeout = settings.get("flush_timeout", 10.0)
+        max_backlog = settings.get("max_backlog", 10)
         if (
             isinstance(flush_timeout, bool)
             or not isinstance(flush_timeout, (int, float))
@@ -131,23 +217,43 @@ class NotifierCallback(TrainerCallback):
             raise ConfigurationError(
                 f"flush_timeout must be a finite number of seconds >= 0, got {flush_timeout!r}"
             )
-        if max_backlog < 1:
-            raise ConfigurationError(f"max_backlog must be >= 1, got {max_backlog}")
-        self.events = _resolve_events(events)
-        self.backends = _resolve_backends(backends)
-        self.flush_timeout = flush_timeout
-        self._routes: list[tuple[Backend, Templates, Outbox]] = []
+        if isinstance(max_backlog, bool) or not isinstance(max_backlog, int) or max_backlog < 1:
+            raise ConfigurationError(f"max_backlog must be an integer >= 1, got {max_backlog!r}")
+        self.events = _resolve_events(settings.get("events"))
+        self.backends = _resolve_backends(cfg.build_backends(backends))
+        self.flush_timeout = float(flush_timeout)
+        self._alerts = _resolve_alerts(settings.get("alerts"))
+        self._improvement = Improvement(only_improvements) if only_improvements else None
+        stall = settings.get("stall_after")
+        self._stall = StallWatch(stall) if stall is not None else None
+        self._plots = bool(settings.get("plots", False))
+        if self._plots:
+            from .plots import require_matplotlib
+
+            require_matplotlib()
+        self._throttle = _resolve_throttle(settings.get("throttle"))
+        route_events = self._route_events(
+            settings.get("routes") or {}, from_file="routes" not in given or routes is None
+        )
+        self._routes: list[_Route] = []
         for backend in self.backends:
             redact.add(*backend.secrets())
+            wanted = route_events.get(backend.name, self.events)
+            compiled = tuple(wanted) + ((TICK_EVENT,) if backend.progress_interval else ())
             rendered = Templates(
-                templates,
+                settings.get("templates"),
                 backend=backend.name,
                 parts=backend.parts,
                 optional_parts=backend.optional_parts,
-                events=self.events,
+                events=compiled,
                 escape=backend.escape,
             )
-            self._routes.append((backend, rendered, Outbox(backend, max_backlog=max_backlog)))
+            outbox = Outbox(backend, max_backlog=max_backlog)
+            self._routes.append(_Route(backend, rendered, outbox, frozenset(compiled)))
+        self._all_events = frozenset().union(*(r.events for r in self._routes))
+        self._ticking = [r for r in self._routes if r.backend.progress_interval]
+        self._next_tick: float | None = None
+        self._last_sent: dict[str, float] = {}
         self._tracker = RunTracker()
         self._state: Any = None
         self._args: Any = None
@@ -158,9 +264,29 @@ class NotifierCallback(TrainerCallback):
         self._hook_errors: set[str] = set()
         self._render_errors: set[tuple[str, str]] = set()
         self._exit_registered = False
+        self._watchdog: threading.Thread | None = None
+        self._watchdog_stop = threading.Event()
         from .guard import CrashGuard
 
         self._guard = CrashGuard(self._report_end, self._flush_for_exit)
+
+    def _route_events(
+        self, routes: Mapping[str, Sequence[str]], *, from_file: bool
+    ) -> dict[str, tuple[str, ...]]:
+        """Per-backend event lists; a route for a backend not in use is an error (a warning
+        when it comes from the configuration file, which may list more backends)."""
+        names = {b.name for b in self.backends}
+        chosen: dict[str, tuple[str, ...]] = {}
+        for name, events in routes.items():
+            if name not in names:
+                in_use = ", ".join(sorted(names))
+                problem = f"routes: {name!r} is not among the backends in use ({in_use})"
+                if not from_file:
+                    raise ConfigurationError(problem)
+                logger.warning("notifier: %s; that route is ignored", problem)
+                continue
+            chosen[name] = _resolve_events(events, what=f"routes[{name!r}]")
+        return chosen
 
     def __repr__(self) -> str:
         names = ", ".join(b.describe() for b in self.backends)
@@ -172,13 +298,13 @@ class NotifierCallback(TrainerCallback):
         timeout = self.flush_timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         done = True
-        for backend, _, outbox in self._routes:
-            if not outbox.flush(max(deadline - time.monotonic(), 0.0)):
+        for route in self._routes:
+            if not route.outbox.flush(max(deadline - time.monotonic(), 0.0)):
                 done = False
                 logger.warning(
                     "notifier: gave up waiting for %d message(s) to %s after %.1fs (flush_timeout)",
-                    outbox.pending,
-                    backend.describe(),
+                    route.outbox.pending,
+                    route.backend.describe(),
                     timeout,
                 )
         return done
@@ -192,8 +318,12 @@ class NotifierCallback(TrainerCallback):
     def stats(self) -> dict[str, dict[str, int]]:
         """Per backend: messages sent, dropped when behind, and failed."""
         return {
-            b.name: {"sent": o.sent, "dropped": o.dropped, "failed": o.failed}
-            for b, _, o in self._routes
+            r.backend.name: {
+                "sent": r.outbox.sent,
+                "dropped": r.outbox.dropped,
+                "failed": r.outbox.failed,
+            }
+            for r in self._routes
         }
 
     # -- Trainer hooks --------------------------------------------------------------------
@@ -211,6 +341,16 @@ class NotifierCallback(TrainerCallback):
         self._tracker.begin(args, state)
         self._pending_epoch = None
         self._active = True
+        self._last_sent.clear()
+        if self._alerts is not None:
+            self._alerts.reset()
+        if self._improvement is not None:
+            self._improvement.reset()
+        now = time.monotonic()
+        for route in self._ticking:
+            route.next_tick = now + float(route.backend.progress_interval or 0)
+        self._next_tick = min((r.next_tick for r in self._ticking), default=None)
+        self._start_watchdog(state)
         self._guard.arm()
         if not self._exit_registered:
             self._exit_registered = True
@@ -228,15 +368,30 @@ class NotifierCallback(TrainerCallback):
             self._release_epoch()
 
     @_isolated
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._stall is not None:
+            recovered = self._stall.progress(state.global_step)
+            if recovered is not None:
+                self._emit_alert(recovered)
+        if self._next_tick is not None and time.monotonic() >= self._next_tick:
+            self._tick()
+
+    @_isolated
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:
         if not logs:
             return
         # Shared with other callbacks (PrinterCallback pops from it): copy, never mutate.
-        train = {k: v for k, v in logs.items() if not k.startswith("eval_")}
-        if train:
-            self._tracker.metrics.update(plain_metrics(train))
+        metrics = self._tracker.metrics
+        for key, value in logs.items():
+            if not key.startswith("eval_"):
+                metrics[key] = (
+                    value if type(value) in _PLAIN_TYPES else plain_metrics({key: value})[key]
+                )
+        if self._alerts is not None:
+            for alert in self._alerts.check(logs, step=state.global_step):
+                self._emit_alert(alert)
 
     @_isolated
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -260,8 +415,12 @@ class NotifierCallback(TrainerCallback):
     ) -> None:
         if metrics:
             self._tracker.eval_metrics = plain_metrics(metrics)
+        if self._stall is not None:
+            self._stall.progress(state.global_step)  # a long evaluation is not a stall
+        improved = self._improvement.update(metrics or {}) if self._improvement else True
         if not self._merge_into_epoch(state, eval_metrics=dict(self._tracker.eval_metrics)):
-            self._emit("evaluate")
+            if improved:
+                self._emit("evaluate")
 
     @_isolated
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -278,7 +437,8 @@ class NotifierCallback(TrainerCallback):
             self._release_epoch()
         self._guard.disarm()
         self._active = False
-        self._emit("train_end")
+        self._stop_watchdog()
+        self._emit("train_end", attachments=self._curves())
 
     # -- internals ------------------------------------------------------------------------
     def _merge_into_epoch(self, state: Any, **values: Any) -> bool:
@@ -314,8 +474,11 @@ class NotifierCallback(TrainerCallback):
         *,
         error: dict[str, Any] | None = None,
         context: dict[str, Any] | None = None,
+        alert: dict[str, Any] | None = None,
+        attachments: tuple[Attachment, ...] = (),
+        routes: Sequence[_Route] | None = None,
     ) -> None:
-        if event not in self.events:
+        if event not in self._all_events:
             return
         if not self._is_zero and event not in ANY_RANK_EVENTS:
             return
@@ -323,23 +486,100 @@ class NotifierCallback(TrainerCallback):
             if self._state is not None:
                 self._tracker.update(self._state)
             context = self._tracker.context(event)
-        for backend, templates, outbox in self._routes:
+        if alert is not None:
+            context["alert"] = alert
+        if event in self._throttle and self._throttled(event, context):
+            return
+        for route in self._routes if routes is None else routes:
+            if event not in route.events:
+                continue
+            backend = route.backend
             ctx = context
             if error is not None:
                 ctx = {**context, "error": _error_for(error, backend.max_length)}
             try:
-                parts = templates.render(event, ctx)
+                parts = route.templates.render(event, ctx)
             except Exception as exc:  # noqa: BLE001 - a broken template must not stop the message
                 parts = self._fallback(event, backend, ctx, exc)
-            outbox.put(
+            route.outbox.put(
                 Message(
                     event=event,
                     text=parts.get("text", ""),
                     parts=parts,
                     context=ctx,
                     critical=event in CRITICAL_EVENTS,
+                    attachments=attachments,
                 )
             )
+
+    def _throttled(self, event: str, context: Mapping[str, Any]) -> bool:
+        """Whether the user's throttle holds this message back (never start, end or crash)."""
+        options = self._throttle[event]
+        every = options.get("every_n_epochs")
+        if every and round(float(context.get("epoch") or 0)) % int(every) != 0:
+            return True
+        interval = options.get("min_interval")
+        now = time.monotonic()
+        if interval and now - self._last_sent.get(event, -math.inf) < interval:
+            return True
+        self._last_sent[event] = now
+        return False
+
+    def _emit_alert(self, alert: Alert) -> None:
+        self._emit("alert", alert=alert.as_context())
+
+    def _tick(self) -> None:
+        """Send ``progress`` to each backend whose interval has come (live cards, heartbeats)."""
+        now = time.monotonic()
+        due = [r for r in self._ticking if now >= r.next_tick]
+        for route in due:
+            route.next_tick = now + float(route.backend.progress_interval or 0)
+        self._next_tick = min((r.next_tick for r in self._ticking), default=None)
+        if due and self._active:
+            self._emit(TICK_EVENT, routes=due)
+
+    def _curves(self) -> tuple[Attachment, ...]:
+        """The training-curves PNG, drawn later on a worker thread from a copy of log_history."""
+        if not self._plots or self._state is None or not self._is_zero:
+            return ()
+        from .plots import render_curves
+
+        history = [dict(entry) for entry in self._state.log_history]
+        best = self._state.best_model_checkpoint
+        match = re.search(r"checkpoint-(\d+)$", str(best or ""))
+        best_step = int(match.group(1)) if match else None
+        title = str(self._tracker.static.get("run_name") or "")
+
+        def produce() -> bytes:
+            return render_curves(history, best_checkpoint_step=best_step, title=title)
+
+        return (Attachment("training-curves.png", "image/png", produce, title="Training curves"),)
+
+    def _start_watchdog(self, state: Any) -> None:
+        if self._stall is None or not self._is_zero:
+            return
+        stall = self._stall
+        stall.progress(state.global_step)
+        self._watchdog_stop.clear()
+        period = min(max(stall.after / 4, 0.05), 30.0)
+
+        def watch() -> None:
+            while not self._watchdog_stop.wait(period):
+                try:
+                    alert = stall.check()
+                    if alert is not None:
+                        self._emit_alert(alert)
+                except Exception as exc:  # noqa: BLE001 - the watchdog must not die
+                    logger.warning("notifier: stall watchdog error: %s", type(exc).__name__)
+
+        if self._watchdog is None or not self._watchdog.is_alive():
+            self._watchdog = threading.Thread(target=watch, name="notifier-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _stop_watchdog(self) -> None:
+        if self._stall is not None:
+            self._stall.stop()
+        self._watchdog_stop.set()
 
     def _fallback(
         self, event: str, backend: Backend, context: dict[str, Any], exc: Exception
@@ -364,6 +604,7 @@ class NotifierCallback(TrainerCallback):
     def _report_end(self, kind: str, exc: BaseException | None) -> None:
         """Called by the guard when the run ends without on_train_end."""
         self._active = False
+        self._stop_watchdog()
         if self._pending_epoch is not None:
             self._release_epoch()
         error: dict[str, Any]
@@ -385,10 +626,13 @@ class NotifierCallback(TrainerCallback):
                 "message": redact(str(exc)),
                 "exception": exc,
             }
-        self._emit("train_error", error=error)
+        self._emit("train_error", error=error, attachments=self._curves())
 
     def _flush_for_exit(self) -> None:
         self.flush()
+
+
+_PLAIN_TYPES = (float, int, str, bool, type(None))
 
 
 def _error_for(error: dict[str, Any], max_length: int) -> dict[str, Any]:

@@ -11,11 +11,12 @@ from typing import Any
 #: Every name a template can use, with its meaning (the README's table is generated from this).
 CONTEXT_NAMES: dict[str, str] = {
     "event": "the event's name: train_begin, epoch_end, evaluate, save, train_end, train_error, "
-    "alert",
+    "alert, progress",
     "run_name": "`args.run_name`, else the output directory's name",
     "output_dir": "`args.output_dir`",
     "hub_model_id": "`args.hub_model_id`, if pushing to the Hub",
     "host": "the machine's host name",
+    "resumed": "whether this run resumed from a checkpoint",
     "rank": "this process's global rank (0 unless distributed)",
     "world_size": "the number of processes",
     "epoch": "the epoch reached (a float during an epoch)",
@@ -91,6 +92,7 @@ class RunTracker:
             "output_dir": output_dir,
             "hub_model_id": getattr(args, "hub_model_id", None),
             "host": self.host,
+            "resumed": self.start_step > 0,
             "rank": int(getattr(args, "process_index", 0) or 0),
             "world_size": int(getattr(args, "world_size", 1) or 1),
         }
@@ -142,6 +144,7 @@ def sample_context(event: str) -> dict[str, Any]:
         "output_dir": "runs/bert-base-sst2",
         "hub_model_id": None,
         "host": "gpu-node-07",
+        "resumed": False,
         "rank": 0,
         "world_size": 1,
         "epoch": 2.0,

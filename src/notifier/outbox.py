@@ -84,8 +84,12 @@ class Outbox:
         with self._cond:
             if self.disabled:
                 return
-            if not message.critical:
-                progress = [m for m in self._queue if not m.critical]
+            if message.event == "progress":
+                # A live card or heartbeat only ever needs the newest state.
+                for stale in [m for m in self._queue if m.event == "progress"]:
+                    self._queue.remove(stale)
+            elif not message.critical:
+                progress = [m for m in self._queue if not m.critical and m.event != "progress"]
                 if len(progress) >= self.max_backlog:
                     self._queue.remove(progress[0])
                     self._drop(

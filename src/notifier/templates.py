@@ -34,6 +34,7 @@ EVENTS: tuple[str, ...] = (
     "train_end",
     "train_error",
     "alert",
+    "progress",
 )
 
 TemplateSource = str | Path | Mapping[str, str] | None
