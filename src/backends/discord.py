@@ -6,6 +6,12 @@ metrics as inline fields, a colour per event. Every Discord limit is enforced he
 than Python's characters. Should Discord still answer 400 to an embed, the message
 is sent again as plain ``content``: a layout problem never loses a notification.
 
+Attachments (the training-curves PNG) go in the same request as multipart/form-data:
+the JSON as ``payload_json``, each file as ``files[n]``, and the embed shows the first
+image through ``attachment://<name>``. Files past MAX_UPLOAD bytes are left out with a
+warning, as is one that could not be produced; a 400 falls back to the text with the
+files, a 413 (too large) or a second refusal to the text alone.
+
 Escaping: values substituted into templates are Discord-markdown escaped (a backslash
 before ``\\ * ~ ` | [ ] <``, before ``_`` unless inside a word, and before ``#``, ``>``
 and ``- `` at the start of a line), so a run name, path, metric name or error message
@@ -27,19 +33,22 @@ from __future__ import annotations
 import datetime
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import notifier
-from notifier.backend import check_options, option
+from notifier.backend import Attachment, check_options, option
 from notifier.errors import ConfigurationError, DeliveryError
 from notifier.filters import MISSING, NOISE, NOISE_SUFFIXES, number
 from notifier.http import (
+    FormFile,
     HTTPDeliveryError,
     check_url,
     get_json,
     host_of,
     post_json,
+    post_multipart,
+    safe_filename,
     url_secrets,
 )
 from notifier.secrets import get_logger, redact
@@ -56,6 +65,12 @@ FIELD_VALUE_LIMIT = 1024
 FOOTER_LIMIT = 2048
 TOTAL_LIMIT = 6000  # title, description, field names and values, footer, author: all embeds
 USERNAME_LIMIT = 80
+ATTACHMENT_DESCRIPTION_LIMIT = 1024
+MAX_FILES = 10
+#: Bytes of files per message at most. Discord's limit for a server without boosts has
+#: moved (8 MB, 25 MB, now 10 MiB) and webhooks were seen to answer 413 above 8 MB while
+#: the app said 25 (discord/discord-api-docs#6058): 8 MB goes through everywhere.
+MAX_UPLOAD = 8_000_000
 #: Room of the 6,000 total kept for metric fields when the description is long.
 FIELDS_RESERVE = 1024
 #: Room kept for the traceback when the text before it is long.
@@ -322,7 +337,7 @@ class DiscordBackend(notifier.Backend):
         self.avatar_url = (
             check_url(avatar_url, backend=self.name, what="avatar_url") if avatar_url else None
         )
-        self._fallbacks = 0
+        self._warned: set[str] = set()
 
     # -- Backend -----------------------------------------------------------------------
     def escape(self, value: str) -> str:
@@ -334,33 +349,71 @@ class DiscordBackend(notifier.Backend):
     def describe(self) -> str:
         return f"discord ({host_of(self._url)})"
 
-    def payload(self, message: notifier.Message) -> dict[str, Any]:
-        """The JSON sent for ``message``: one embed, or ``content`` with ``embeds=False``."""
-        body: dict[str, Any] = self._identity()
-        if self.use_embeds:
-            host = message.context.get("host")
-            body["embeds"] = [embed(message, footer=f"notifier · {host}" if host else "notifier")]
-        else:
-            body["content"] = content(message)
-        return body
+    def uploads(self, message: notifier.Message) -> list[Attachment]:
+        """The attachments to send with ``message``: those that could be produced, up to
+        MAX_FILES and MAX_UPLOAD bytes; any other is left out with a warning."""
+        kept: list[Attachment] = []
+        size = 0
+        for attachment in message.attachments:
+            data = attachment.read()  # None: its failure is logged once, by the core
+            if data is None:
+                continue
+            if len(kept) == MAX_FILES or size + len(data) > MAX_UPLOAD:
+                logger.warning(
+                    "%s: %s (%.1f MB) does not fit Discord's upload limit (%d files, %g MB a "
+                    "message); sending the %s message without it",
+                    self.describe(),
+                    attachment.filename,
+                    len(data) / 1e6,
+                    MAX_FILES,
+                    MAX_UPLOAD / 1e6,
+                    message.event,
+                )
+                continue
+            kept.append(attachment)
+            size += len(data)
+        return kept
+
+    def payload(
+        self, message: notifier.Message, uploads: Sequence[Attachment] = ()
+    ) -> dict[str, Any]:
+        """The JSON sent for ``message``: one embed (showing the first image of ``uploads``),
+        or ``content`` with ``embeds=False``."""
+        if not self.use_embeds:
+            return self._plain(message, uploads)
+        host = message.context.get("host")
+        item = embed(message, footer=f"notifier · {host}" if host else "notifier")
+        image = next((a for a in uploads if a.mime.startswith("image/")), None)
+        if image is not None:
+            item["image"] = {"url": f"attachment://{safe_filename(image.filename)}"}
+        return _with_attachments({**self._identity(), "embeds": [item]}, uploads)
 
     def send(self, message: notifier.Message) -> None:
-        payload = self.payload(message)
+        uploads = self.uploads(message)
+        payload = self.payload(message, uploads)
         try:
-            self._post(payload)
+            self._post(payload, uploads)
+            return
         except HTTPDeliveryError as error:
-            if "embeds" not in payload or error.status not in (400, 413):
+            if error.status not in (400, 413) or ("embeds" not in payload and not uploads):
                 raise
-            # Never lose a message to a layout Discord refuses: send the text alone.
-            self._fallbacks += 1
-            log = logger.warning if self._fallbacks == 1 else logger.debug
-            log(
-                "%s refused the embed (%s); sending the %s message as plain text",
-                self.describe(),
-                redact(str(error)),
-                message.event,
-            )
-            self._post({**self._identity(), "content": content(message)})
+            refused = error
+        # Never lose a message to a layout or a file Discord refuses: the text with the
+        # files (unless the answer was 413, too large), then the text alone.
+        fallbacks: list[Sequence[Attachment]] = []
+        if "embeds" in payload and not (uploads and refused.status == 413):
+            fallbacks.append(uploads)
+        if uploads:
+            fallbacks.append([])
+        for kept in fallbacks:
+            self._log_fallback(refused, message, kept, dropped=kept != uploads)
+            try:
+                self._post(self._plain(message, kept), kept)
+                return
+            except HTTPDeliveryError as error:
+                if error.status not in (400, 413) or not kept:
+                    raise
+                refused = error
 
     def check(self) -> None:
         """GET the webhook (Discord answers with its name and channel, posting nothing)."""
@@ -378,8 +431,55 @@ class DiscordBackend(notifier.Backend):
             body["avatar_url"] = self.avatar_url
         return body
 
-    def _post(self, payload: dict[str, Any]) -> None:
-        post_json(self._post_url, payload, timeout=self.timeout, service="Discord", fixes=FIXES)
+    def _plain(self, message: notifier.Message, uploads: Sequence[Attachment]) -> dict[str, Any]:
+        return _with_attachments({**self._identity(), "content": content(message)}, uploads)
+
+    def _log_fallback(
+        self,
+        error: HTTPDeliveryError,
+        message: notifier.Message,
+        kept: Sequence[Attachment],
+        *,
+        dropped: bool,
+    ) -> None:
+        """Warn the first time Discord refuses an embed (or files), then log at debug."""
+        kind = "files" if dropped else "embed"
+        log = logger.debug if kind in self._warned else logger.warning
+        self._warned.add(kind)
+        log(
+            "%s refused %s (%s); sending the %s message as plain text%s",
+            self.describe(),
+            "the message with its files" if dropped else "the embed",
+            redact(str(error)),
+            message.event,
+            " without its files" if dropped else " with its files" if kept else "",
+        )
+
+    def _post(self, payload: dict[str, Any], uploads: Sequence[Attachment]) -> None:
+        if not uploads:
+            post_json(self._post_url, payload, timeout=self.timeout, service="Discord", fixes=FIXES)
+            return
+        files = [
+            FormFile(f"files[{index}]", attachment.filename, attachment.mime, attachment.data)
+            for index, attachment in enumerate(uploads)
+        ]
+        post_multipart(
+            self._post_url, payload, files, timeout=self.timeout, service="Discord", fixes=FIXES
+        )
+
+
+def _with_attachments(body: dict[str, Any], uploads: Sequence[Attachment]) -> dict[str, Any]:
+    """``body`` with Discord's ``attachments`` list, naming each file ``files[n]`` sends
+    (with its title as the description, the alt text, when it has one of its own)."""
+    listed: list[dict[str, Any]] = []
+    for index, attachment in enumerate(uploads):
+        item: dict[str, Any] = {"id": index, "filename": safe_filename(attachment.filename)}
+        if attachment.title != attachment.filename:
+            item["description"] = trim(attachment.title, ATTACHMENT_DESCRIPTION_LIMIT)
+        listed.append(item)
+    if listed:
+        body["attachments"] = listed
+    return body
 
 
 @notifier.hookimpl

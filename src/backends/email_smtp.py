@@ -1,6 +1,10 @@
 """The e-mail backend: one SMTP session per message, a text part and an HTML alternative.
 
 Built on the standard library only (``smtplib`` and ``email.message.EmailMessage``).
+An image attachment (the training-curves PNG) is shown inline: the HTML alternative
+becomes multipart/related with the image as a part whose ``Content-ID`` an
+``<img src="cid:…">`` before ``</body>`` refers to (``EmailMessage.add_related``);
+the text part names it. Other attachments are attached as files.
 The module is not called ``email.py`` so that no tool that puts ``src/backends`` on
 ``sys.path`` can shadow the standard library's ``email`` package.
 """
@@ -21,13 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import notifier
-from notifier.backend import check_options, option
+from notifier.backend import Attachment, check_options, option
 from notifier.errors import ConfigurationError, DeliveryError
 from notifier.secrets import get_logger, redact
 
 logger = get_logger("notifier.email")
 
 SUBJECT_LIMIT = 200  # characters; the policy folds long headers, but inboxes cut at ~80
+#: Bytes of attachments per e-mail at most: base64 makes 7 MiB about 9.3 MiB, under
+#: the 10 MB many mail servers accept; anything more is left out with a warning.
+MAX_ATTACHED = 7 * 2**20
 DEFAULT_TIMEOUT = 30.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRUE = {"1", "true", "yes", "on"}
@@ -219,12 +226,56 @@ class EmailBackend(notifier.Backend):
         mail["To"] = ", ".join(formataddr(pair) for pair in self.to)
         mail["Date"] = formatdate(localtime=True)
         # An explicit domain: make_msgid would otherwise call socket.getfqdn() (DNS).
-        mail["Message-ID"] = make_msgid(domain=self.sender[1].rpartition("@")[2] or "localhost")
+        domain = self.sender[1].rpartition("@")[2] or "localhost"
+        mail["Message-ID"] = make_msgid(domain=domain)
         mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation auto-replies
         mail["X-Notifier-Event"] = message.event
-        mail.set_content(text + "\n")
-        mail.add_alternative(body + "\n", subtype="html")
+        files = self.attached(message)
+        images = [(make_msgid(domain=domain), a, data) for a, data in files if _is_image(a)]
+        mail.set_content(text + "\n" + "".join(_mention(a) for a, _ in files))
+        mail.add_alternative(with_images(body, images) + "\n", subtype="html")
+        if images:
+            related = mail.get_body(preferencelist=("html",))  # becomes multipart/related
+            assert isinstance(related, EmailMessage)
+            for cid, attachment, data in images:
+                maintype, subtype = _types(attachment.mime)
+                related.add_related(
+                    data,
+                    maintype,
+                    subtype,
+                    cid=cid,
+                    disposition="inline",
+                    filename=one_line(attachment.filename),
+                )
+        for attachment, data in files:
+            if not _is_image(attachment):
+                maintype, subtype = _types(attachment.mime)
+                mail.add_attachment(data, maintype, subtype, filename=one_line(attachment.filename))
         return mail
+
+    def attached(self, message: notifier.Message) -> list[tuple[Attachment, bytes]]:
+        """The message's attachments that could be produced, with their bytes, up to
+        MAX_ATTACHED bytes in all; any other is left out with a warning."""
+        kept: list[tuple[Attachment, bytes]] = []
+        size = 0
+        for attachment in message.attachments:
+            data = attachment.read()  # None: its failure is logged once, by the core
+            if data is None:
+                continue
+            if size + len(data) > MAX_ATTACHED:
+                logger.warning(
+                    "%s: %s (%.1f MiB) would take the e-mail past %d MiB of attachments; "
+                    "sending the %s message without it",
+                    self.describe(),
+                    attachment.filename,
+                    len(data) / 2**20,
+                    MAX_ATTACHED // 2**20,
+                    message.event,
+                )
+                continue
+            kept.append((attachment, data))
+            size += len(data)
+        return kept
 
     def send(self, message: notifier.Message) -> None:
         mail = self.compose(message)
@@ -360,6 +411,42 @@ class EmailBackend(notifier.Backend):
                 retryable=True,
             )
         return DeliveryError(f"{where}: {type(exc).__name__}: {redact(str(exc))}")
+
+
+def _is_image(attachment: Attachment) -> bool:
+    return attachment.mime.startswith("image/")
+
+
+def _types(mime: str) -> tuple[str, str]:
+    """``mime`` split into main type and subtype ("application/octet-stream" if unusable)."""
+    maintype, _, subtype = mime.partition("/")
+    if not (maintype and subtype) or _CONTROL.search(mime) or " " in mime:
+        return "application", "octet-stream"
+    return maintype, subtype
+
+
+def _mention(attachment: Attachment) -> str:
+    """The text part's line for an attachment (the image itself is in the HTML part)."""
+    name = attachment.filename
+    label = name if attachment.title == name else f"{one_line(attachment.title)} ({name})"
+    where = "shown in the HTML version of this e-mail" if _is_image(attachment) else "attached"
+    return f"\n📎 {label}: {where}\n"
+
+
+def with_images(body: str, images: Sequence[tuple[str, Attachment, bytes]]) -> str:
+    """``body`` with an ``<img src="cid:…">`` for each (Content-ID, attachment, bytes) in
+    ``images``, placed before ``</body>`` (or at the end when there is none)."""
+    if not images:
+        return body
+    tags = "".join(
+        '<div style="max-width:640px;margin:12px auto 0;">'
+        f'<img src="cid:{cid.strip("<>")}" alt="{html.escape(attachment.title)}" width="640" '
+        'style="display:block;width:100%;max-width:640px;height:auto;border:1px solid #d0d7de;'
+        'border-radius:8px;background:#ffffff;"></div>\n'
+        for cid, attachment, _ in images
+    )
+    end = body.lower().rfind("</body>")
+    return body + "\n" + tags if end < 0 else body[:end] + tags + body[end:]
 
 
 def _env(name: str) -> str | None:
