@@ -13,6 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import notifier  # noqa: E402
+from http_server import HTTPServer  # noqa: E402
+from notifier.outbox import Outbox  # noqa: E402
 from slack_server import SlackServer  # noqa: E402
 
 TOKEN = "xoxb-000000000000-0000000000000-SECRETSECRETSECRET"
@@ -45,6 +47,23 @@ def slack_server() -> Iterator[SlackServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def server() -> Iterator[HTTPServer]:
+    """A loopback recording HTTP server (Discord, webhooks, Apprise's json://)."""
+    running = HTTPServer()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outbox's real retry logic with millisecond backoff, so fault tests stay fast."""
+    defaults = {**(Outbox.__init__.__kwdefaults__ or {}), "backoff": 0.01, "max_backoff": 0.05}
+    monkeypatch.setattr(Outbox.__init__, "__kwdefaults__", defaults)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from notifier.http import FormFile, multipart_form, safe_filename
 from notifier.outbox import Outbox
 from notifier.plots import render_curves
 from notifier.templates import Templates
-from test_email import Inbox, free_port
+from smtp_server import Inbox, free_port
 from tiny import make_trainer
 
 PATH = "/api/webhooks/1234567890/DiscordWebhookToken-SECRET-attachments"
@@ -78,15 +78,6 @@ def warnings(logs: pytest.LogCaptureFixture) -> list[str]:
 
 
 # -- Discord ----------------------------------------------------------------------------------
-@pytest.fixture
-def server() -> Iterator[HTTPServer]:
-    running = HTTPServer()
-    try:
-        yield running
-    finally:
-        running.close()
-
-
 def form(request: Request) -> dict[str, EmailMessage]:
     """The parts of a multipart/form-data request by field name, parsed by the stdlib."""
     content_type = str(request.header("Content-Type"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +31,10 @@ import notifier
 from conftest import all_output
 from http_server import FAULTS, Behaviour, Fault, HTTPServer
 from notifier.http import retry_after
-from notifier.outbox import Outbox
 from tiny import TinyRegressor, make_trainer
 
 TOKEN = "DiscordWebhookToken-SECRET-abcdefghijklmnopqrstuvwxyz0123456789"
 PATH = f"/api/webhooks/1234567890/{TOKEN}"
-
-
-@pytest.fixture
-def server() -> Iterator[HTTPServer]:
-    running = HTTPServer()
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 @pytest.fixture
@@ -54,13 +43,6 @@ def webhook_url(server: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> str:
     url = server.url_for(PATH)
     monkeypatch.setenv("DISCORD_WEBHOOK_URL", url)
     return url
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The outbox's real retry logic with millisecond backoff, so fault tests stay fast."""
-    defaults = {**(Outbox.__init__.__kwdefaults__ or {}), "backoff": 0.01, "max_backoff": 0.05}
-    monkeypatch.setattr(Outbox.__init__, "__kwdefaults__", defaults)
 
 
 def assert_within_limits(payload: dict[str, Any]) -> None:

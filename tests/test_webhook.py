@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,11 @@ from http_server import FAULTS, Behaviour, Fault, HTTPServer
 from notifier.context import CONTEXT_NAMES
 from notifier.errors import DeliveryError
 from notifier.http import HTTPDeliveryError, post_json
-from notifier.outbox import Outbox
 from tiny import TinyRegressor, make_trainer
 
 PATH = "/hooks/T0/SECRET-PATH-0123456789"
 AUTH = "Bearer webhook-header-SECRET-0123456789"
 HEADERS = {"Authorization": AUTH, "X-Api-Key": "another-SECRET-value-42"}
-
-
-@pytest.fixture
-def server() -> Iterator[HTTPServer]:
-    running = HTTPServer()
-    try:
-        yield running
-    finally:
-        running.close()
 
 
 @pytest.fixture
@@ -41,13 +30,6 @@ def webhook_env(server: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("NOTIFIER_WEBHOOK_URL", url)
     monkeypatch.setenv("NOTIFIER_WEBHOOK_HEADERS", json.dumps(HEADERS))
     return url
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The outbox's real retry logic with millisecond backoff, so fault tests stay fast."""
-    defaults = {**(Outbox.__init__.__kwdefaults__ or {}), "backoff": 0.01, "max_backoff": 0.05}
-    monkeypatch.setattr(Outbox.__init__, "__kwdefaults__", defaults)
 
 
 def secrets_absent(text: str, url: str) -> None:
