@@ -162,7 +162,10 @@ def _traceback_tail(exc: BaseException, limit: int) -> str:
     text = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
     if len(text) <= limit:
         return text
-    return "…" + text[-(limit - 1) :]
+    # Keep whole lines from the end: the innermost frames and the error are what matter.
+    tail = text[-(limit - 2) :]
+    cut = tail.find("\n")
+    return "…\n" + (tail[cut + 1 :] if 0 <= cut < len(tail) - 1 else tail)
 
 
 class NotifierCallback(TrainerCallback):
