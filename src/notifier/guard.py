@@ -120,16 +120,27 @@ class CrashGuard:
             self._ipython = None
 
     # -- reporting --------------------------------------------------------------------
-    def _fire(self, kind: str, exc: BaseException | None) -> None:
-        """Report once, from the process that armed us (not a forked DataLoader worker)."""
+    def _fire(self, kind: str, exc: BaseException | None, *, flush: bool = True) -> bool:
+        """Report once, from the process that armed us (not a forked DataLoader worker).
+
+        A second Ctrl-C while flushing cuts the wait short; nothing else is raised.
+        """
         if not self.armed or os.getpid() != self._pid:
-            return
+            return False
         self.armed = False
         try:
             self._report(kind, exc)
-            self._flush()
+            if flush:
+                self._flush()
         except BaseException:  # noqa: BLE001 - reporting must never change how the process ends
             logger.exception("notifier: could not report the end of the run")
+        return True
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except BaseException:  # noqa: BLE001 - e.g. a second Ctrl-C: stop waiting, end as usual
+            logger.warning("notifier: stopped waiting for pending messages")
 
     def report_unfinished(self) -> None:
         """For process exit, or a new run on the same callback: the run began and never ended."""
@@ -138,23 +149,29 @@ class CrashGuard:
     def _excepthook(
         self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
     ) -> None:
+        reported = False
         if not isinstance(exc, SystemExit) or exc.code not in (None, 0):
-            self._fire(kind_of(exc), exc)
+            reported = self._fire(kind_of(exc), exc, flush=False)
         previous = (
             self._prev_excepthook if self._prev_excepthook is not None else sys.__excepthook__
         )
-        previous(exc_type, exc, tb)
+        previous(exc_type, exc, tb)  # the traceback first: the user is watching the terminal
         self.disarm()
+        if reported:
+            self._flush_quietly()
 
     def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
         # Only the thread that trains matters (train() run from a thread, as some notebook
         # and UI tools do); a crashed helper thread is not the run dying.
+        reported = False
         if args.thread is self._thread and args.exc_value is not None:
-            self._fire(kind_of(args.exc_value), args.exc_value)
+            reported = self._fire(kind_of(args.exc_value), args.exc_value, flush=False)
         previous = self._prev_thread_hook or threading.__excepthook__
         previous(args)
         if args.thread is self._thread:
             self.disarm()
+        if reported:
+            self._flush_quietly()
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         previous = self._prev_sigterm
