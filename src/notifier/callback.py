@@ -380,6 +380,12 @@ class NotifierCallback(TrainerCallback):
             self._tick()
 
     @_isolated
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # A long evaluation is the run alive: keep live cards and heartbeats going.
+        if self._next_tick is not None and time.monotonic() >= self._next_tick:
+            self._tick()
+
+    @_isolated
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any
     ) -> None:

@@ -131,7 +131,10 @@ class Outbox:
                 message = self._queue.popleft()
                 self._busy = True
             try:
-                self._pace()
+                if message.event != "progress":
+                    # Card edits and heartbeats are other API methods with their own limits
+                    # (chat.update, chat.scheduleMessage): they must not delay real messages.
+                    self._pace()
                 self._deliver(message)
             except BaseException:  # noqa: BLE001 - the worker must outlive any failure
                 logger.exception(
