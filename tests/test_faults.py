@@ -118,12 +118,14 @@ FAULTS = [
         "500-twice-then-ok",
         _script(Behaviour("status", status=500), Behaviour("status", status=500)),
         delivered=RUN_MESSAGES,
+        warning=r"chat\.postMessage was delivered after 2 retries \(HTTP 500, HTTP 500\)$",
         check=_retried(2),
     ),
     Fault(
         "429-retry-after-1",
         _script(Behaviour("ratelimited", retry_after=1)),
         delivered=RUN_MESSAGES,
+        warning=r"chat\.postMessage was delivered after 1 retry \(rate limited, Retry-After 1s\)$",
         check=_retry_after_honoured,
     ),
     Fault(

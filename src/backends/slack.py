@@ -116,10 +116,19 @@ class _PrivateJitter(Jitter):
 
 
 class _Budget:
-    """Stops retrying once ``seconds`` have passed since the first failure of a request."""
+    """Stops retrying once ``seconds`` have passed since the first failure of a request,
+    and notes why each retry happened (the backend reports them once the call is done)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.retried: list[str] = []
+
+    def allow(self, state: RetryState, reason: str) -> bool:
+        """True, noting ``reason``, when the budget leaves room for another attempt."""
+        if self.exhausted(state):
+            return False
+        self.retried.append(reason)
+        return True
 
     def exhausted(self, state: RetryState) -> bool:
         if state.custom_values is None:
@@ -141,11 +150,9 @@ class ServerErrorRetryHandler(RetryHandler):
     def _can_retry(
         self, *, state: RetryState, request: Any, response: Any = None, error: Any = None
     ) -> bool:
-        return (
-            response is not None
-            and 500 <= response.status_code < 600
-            and not self.budget.exhausted(state)
-        )
+        if response is None or not 500 <= response.status_code < 600:
+            return False
+        return self.budget.allow(state, f"HTTP {response.status_code}")
 
 
 class _BudgetedConnectionErrorRetryHandler(ConnectionErrorRetryHandler):
@@ -172,7 +179,7 @@ class _BudgetedConnectionErrorRetryHandler(ConnectionErrorRetryHandler):
     ) -> bool:
         return super()._can_retry(
             state=state, request=request, response=response, error=error
-        ) and not self.budget.exhausted(state)
+        ) and self.budget.allow(state, type(error).__name__)
 
 
 def _retry_after(response: Any) -> float:
@@ -201,7 +208,11 @@ class _RateLimitRetryHandler(RateLimitErrorRetryHandler):
         if response is None or response.status_code != 429 or self.budget.exhausted(state):
             return False
         started = (state.custom_values or {}).get("notifier_started", time.monotonic())
-        return bool(time.monotonic() - started + _retry_after(response) <= self.budget.seconds)
+        wait = _retry_after(response)
+        if time.monotonic() - started + wait > self.budget.seconds:
+            return False
+        self.budget.retried.append(f"rate limited, Retry-After {wait:g}s")
+        return True
 
     def prepare_for_next_attempt(
         self, *, state: RetryState, request: Any, response: Any = None, error: Any = None
@@ -213,9 +224,11 @@ class _RateLimitRetryHandler(RateLimitErrorRetryHandler):
         state.increment_current_attempt()
 
 
-def retry_handlers(*, attempts: int = 4, budget: float = 60.0) -> list[RetryHandler]:
+def retry_handlers(
+    *, attempts: int = 4, budget: float = 60.0, limit: _Budget | None = None
+) -> list[RetryHandler]:
     """slack_sdk retry handlers for connection errors, 5xx and 429 (Retry-After honoured)."""
-    limit = _Budget(budget)
+    limit = limit or _Budget(budget)
     return [
         _BudgetedConnectionErrorRetryHandler(attempts - 1, limit),
         ServerErrorRetryHandler(attempts - 1, limit),
@@ -464,9 +477,8 @@ class SlackBackend(notifier.Backend):
                 f"slack backend: max_retry_time must be seconds >= 0, got {max_retry_time!r}"
             )
         self._configure_run(thread, card, card_interval, deadman, deadman_after, deadman_rearm)
-        retries = functools.partial(
-            retry_handlers, attempts=max_attempts, budget=float(max_retry_time)
-        )
+        self._retries = _Budget(float(max_retry_time))
+        retries = functools.partial(retry_handlers, attempts=max_attempts, limit=self._retries)
         self.use_blocks = blocks
         self._token: str | None = None
         self._webhook: WebhookClient | None = None
@@ -901,6 +913,7 @@ class SlackBackend(notifier.Backend):
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         if self._webhook is None:
             return self._api("chat_postMessage", channel=self.channel, **payload)
+        self._retries.retried.clear()
         try:
             response = self._webhook.send(**payload)
         except (SlackClientError, OSError, ValueError) as exc:
@@ -908,11 +921,26 @@ class SlackBackend(notifier.Backend):
         status = response.status_code
         if status != 200:
             raise self._error(_code(response.body, status), status)
+        self._report_retries("the message")
         return {}
+
+    def _report_retries(self, what: str) -> None:
+        """A delivery that needed retries succeeded: say so once, so a flaky Slack is seen."""
+        retried, self._retries.retried = self._retries.retried, []
+        if retried:
+            logger.warning(
+                "%s: %s was delivered after %d retr%s (%s)",
+                self.describe(),
+                what,
+                len(retried),
+                "y" if len(retried) == 1 else "ies",
+                ", ".join(retried),
+            )
 
     def _api(self, method: str, **kwargs: Any) -> dict[str, Any]:
         """Call a WebClient method; Slack's answer as a dict, or DeliveryError."""
         assert self._client is not None
+        self._retries.retried.clear()
         try:
             response = getattr(self._client, method)(**kwargs)
         except SlackApiError as exc:
@@ -921,6 +949,7 @@ class SlackBackend(notifier.Backend):
             raise self._error(_code(answer.get("error"), status), status) from None
         except (SlackClientError, OSError, ValueError) as exc:
             raise self._unreachable(exc) from None
+        self._report_retries(method.replace("_", "."))
         data = getattr(response, "data", None)
         return data if isinstance(data, dict) else {}
 
