@@ -267,3 +267,46 @@ FAULTS: tuple[Fault, ...] = (
         disables=True,
     ),
 )
+
+
+def run_fault(
+    fault: Fault,
+    server: HTTPServer,
+    backend: Any,
+    tmp_path: Any,
+    logs: Any,
+    *,
+    fix: str,
+) -> tuple[list[Request], list[str]]:
+    """Train a tiny model notifying ``backend`` while ``server`` plays ``fault``; check what
+    every backend must do (training unaffected, the counts, one warning naming the fix
+    ``fix`` when switched off); return the requests and the warnings for further checks."""
+    import logging
+
+    import notifier
+    from tiny import make_trainer
+
+    if fault.default is not None:
+        server.default = fault.default
+    server.script(*fault.script)
+    callback = notifier.NotifierCallback([backend], events=["train_begin", "train_end"])
+    trainer = make_trainer(tmp_path / "run", [callback])
+    trainer.train()
+    assert trainer.state.global_step == 8  # training unaffected
+    assert callback.flush(30)
+    requests = server.wait_for(fault.requests)
+    assert len(requests) == fault.requests
+    stats = callback.stats[backend.name]
+    assert stats["sent"] == fault.delivered
+    assert stats["failed"] == (1 if fault.disables else 2 - fault.delivered)
+    if fault.min_gap:
+        assert requests[1].at - requests[0].at >= fault.min_gap
+    warnings = [r.getMessage() for r in logs.records if r.levelno >= logging.WARNING]
+    if fault.warns:
+        assert len(warnings) == 1, warnings
+        assert backend.describe() in warnings[0]
+    else:
+        assert warnings == []
+    if fault.disables:
+        assert "switched off" in warnings[0] and fix in warnings[0]
+    return requests, warnings

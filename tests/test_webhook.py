@@ -12,7 +12,7 @@ from notifier_backends.webhook import WebhookBackend
 
 import notifier
 from conftest import all_output
-from http_server import FAULTS, Behaviour, Fault, HTTPServer
+from http_server import FAULTS, Behaviour, Fault, HTTPServer, run_fault
 from notifier.context import CONTEXT_NAMES
 from notifier.errors import DeliveryError
 from notifier.http import HTTPDeliveryError, post_json
@@ -161,31 +161,11 @@ def test_fault_table(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = server.url_for(PATH)
-    if fault.default is not None:
-        server.default = fault.default
-    server.script(*fault.script)
     backend = WebhookBackend(url, headers=HEADERS, timeout=0.2)
-    callback = notifier.NotifierCallback([backend], events=["train_begin", "train_end"])
-    trainer = make_trainer(tmp_path / "run", [callback])
-    trainer.train()
-    assert trainer.state.global_step == 8  # training unaffected
-    assert callback.flush(30)
-    requests = server.wait_for(fault.requests)
-    assert len(requests) == fault.requests
+    requests, _ = run_fault(
+        fault, server, backend, tmp_path, notifier_logs, fix="NOTIFIER_WEBHOOK_URL"
+    )
     assert all(r.header("Authorization") == AUTH for r in requests)
-    stats = callback.stats["webhook"]
-    assert stats["sent"] == fault.delivered
-    assert stats["failed"] == (1 if fault.disables else 2 - fault.delivered)
-    if fault.min_gap:
-        assert requests[1].at - requests[0].at >= fault.min_gap
-    warnings = [r.getMessage() for r in notifier_logs.records if r.levelno >= logging.WARNING]
-    if fault.warns:
-        assert len(warnings) == 1, warnings
-        assert backend.describe() in warnings[0]
-    else:
-        assert warnings == []
-    if fault.disables:
-        assert "switched off" in warnings[0] and "NOTIFIER_WEBHOOK_URL" in warnings[0]
     secrets_absent(all_output(notifier_logs, capsys), url)
 
 
