@@ -269,7 +269,7 @@ def bench_train(reps: int, seed_every: int, tmp: Path, inproc: bool) -> dict[str
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         if variant == "ours":
             # NotifierCallback must not wait for Slack at train_end: messages are still queued.
-            pending_at_return.append(sum(o.pending for _, _, o in callback._routes))
+            pending_at_return.append(sum(r.outbox.pending for r in callback._routes))
             if not callback.flush(30):  # drain, so the next run starts with an idle server
                 raise RuntimeError("NotifierCallback did not deliver within 30 s")
         if variant != "none":
