@@ -13,7 +13,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from transformers import TrainerCallback
@@ -24,6 +24,7 @@ from .config import UNTHROTTLED, Config, load_config
 from .context import RunTracker, plain_metrics
 from .errors import ConfigurationError
 from .filters import MISSING
+from .guard import CrashGuard
 from .outbox import Outbox
 from .plugins import get_backend
 from .secrets import get_logger, redact
@@ -155,7 +156,6 @@ class _Route:
     outbox: Outbox
     events: frozenset[str]
     next_tick: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _traceback_tail(exc: BaseException, limit: int) -> str:
@@ -235,9 +235,7 @@ class NotifierCallback(TrainerCallback):
 
             require_matplotlib()
         self._throttle = _resolve_throttle(settings.get("throttle"))
-        route_events = self._route_events(
-            settings.get("routes") or {}, from_file="routes" not in given or routes is None
-        )
+        route_events = self._route_events(settings.get("routes") or {}, from_file=routes is None)
         self._routes: list[_Route] = []
         for backend in self.backends:
             redact.add(*backend.secrets())
@@ -269,8 +267,6 @@ class NotifierCallback(TrainerCallback):
         self._exit_registered = False
         self._watchdog: threading.Thread | None = None
         self._watchdog_stop = threading.Event()
-        from .guard import CrashGuard
-
         self._guard = CrashGuard(self._report_end, self._flush_for_exit)
 
     def _route_events(
