@@ -1,6 +1,7 @@
 """The Slack backend: chat.postMessage with a bot token, or an incoming webhook, via slack_sdk.
 
-Retries are slack_sdk's own retry handlers, bounded in time (``slack_retry``).
+Retries are slack_sdk's own retry handlers, bounded in time (``slack_retry``); what is
+sent, as data, is built in ``slack_layout``.
 
 With a bot token a run can also live in one thread (``thread``), keep a card edited
 in place (``card``: chat.update), keep a dead-man's alert scheduled that fires only
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import json
 import logging
 import math
@@ -24,8 +24,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +35,36 @@ from slack_sdk.webhook import WebhookClient
 import notifier
 from notifier.backend import check_options, option
 from notifier.errors import ConfigurationError, DeliveryError
-from notifier.filters import NOISE, NOISE_SUFFIXES, bar, duration, metrics, number, percent
 from notifier.secrets import get_logger, redact
 
+from .slack_layout import (
+    HEADER_LIMIT,
+    MAX_FIELDS,
+    SECTION_LIMIT,
+    TEXT_LIMIT,
+    alarm_text,
+    blocks,
+    card_message,
+    escape,
+    resumed_message,
+    trim,
+)
 from .slack_retry import Budget, retry_handlers, sdk_logger
+
+__all__ = [
+    "BAD_LAYOUT",
+    "HEADER_LIMIT",
+    "MAX_FIELDS",
+    "SECTION_LIMIT",
+    "TEXT_LIMIT",
+    "SlackBackend",
+    "alarm_text",
+    "blocks",
+    "card_message",
+    "escape",
+    "register_backends",
+    "resumed_message",
+]
 
 logger = get_logger("notifier.slack")
 
@@ -65,8 +90,6 @@ FATAL_ERRORS = {
     "action_prohibited": "a workspace admin blocked this webhook",
 }
 BAD_LAYOUT = {"invalid_blocks", "invalid_blocks_format", "msg_too_long"}
-HEADER_LIMIT, SECTION_LIMIT, MAX_FIELDS = 150, 3000, 10
-TEXT_LIMIT = 39_000  # chat.postMessage truncates past 40,000 characters
 
 
 def _code(answer: Any, status: int) -> str:
@@ -74,49 +97,6 @@ def _code(answer: Any, status: int) -> str:
     none: an HTML error page, or slack_sdk's "Received a response in a non-JSON format"."""
     text = str(answer or "").strip()
     return text if re.fullmatch(r"[a-z0-9_]{1,64}", text) else f"HTTP {status}"
-
-
-def escape(value: str) -> str:
-    """Slack's escaping for message text: only &, < and > (so no value becomes <!channel>)."""
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _trim(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def blocks(message: notifier.Message) -> list[dict[str, Any]]:
-    """A Block Kit layout built alongside the text: a header, the body and metric fields."""
-    layout: list[dict[str, Any]] = []
-    if message.title:
-        # plain_text is shown literally: undo the entity escaping meant for mrkdwn.
-        header = _trim(html.unescape(message.title), HEADER_LIMIT)
-        layout.append(
-            {"type": "header", "text": {"type": "plain_text", "text": header, "emoji": True}}
-        )
-    if message.body:
-        layout.append(
-            {
-                "type": "section",
-                "text": {"type": "mrkdwn", "text": _trim(message.body, SECTION_LIMIT)},
-            }
-        )
-    values: dict[str, Any] = {}
-    if message.event in ("epoch_end", "evaluate", "train_end", "progress"):
-        for group in ("metrics", "eval_metrics"):
-            source = message.context.get(group) or {}
-            values.update({k: v for k, v in source.items() if k not in ("epoch", "total_flos")})
-    if message.event == "progress":  # a live card: the training values, not the bookkeeping
-        values = {
-            k: v for k, v in values.items() if k not in NOISE and not k.endswith(NOISE_SUFFIXES)
-        }
-    fields = [
-        {"type": "mrkdwn", "text": _trim(f"*{escape(str(k))}*\n{escape(number(v))}", 2000)}
-        for k, v in list(values.items())[:MAX_FIELDS]
-    ]
-    if fields:
-        layout.append({"type": "section", "fields": fields})
-    return layout
 
 
 # -- live runs: threads, the run card, the dead-man's switch ---------------------------------
@@ -142,80 +122,6 @@ MIN_REARM = 10.0
 CARD_GONE = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 #: The scope each extra needs, named when Slack answers missing_scope.
 SCOPES = {"card": "chat:write", "deadman": "chat:write", "upload": "files:write"}
-
-#: train_error's card headline, by error kind.
-FAILED = {
-    "crash": "❌ {run}: failed",
-    "interrupted": "⏹️ {run}: interrupted",
-    "terminated": "🛑 {run}: terminated",
-    "unfinished": "⚠️ {run}: ended without finishing",
-}
-
-
-def _text(value: Any, default: str = "—") -> str:
-    """A context value for message text, escaped for mrkdwn."""
-    return escape(str(value)) if value not in (None, "") else default
-
-
-def card_message(message: notifier.Message, stage: str) -> notifier.Message:
-    """The run card at ``stage`` (``start`` or ``final``), built from ``message``'s context
-    like templates/progress.j2 (the core renders the card's ``progress`` updates)."""
-    ctx = message.context
-    run = _text(ctx.get("run_name"), "run")
-    step, steps = _text(ctx.get("global_step"), "0"), _text(ctx.get("max_steps"))
-    progress = ctx.get("progress") or 0.0
-    epochs = f"Epoch {number(ctx.get('epoch') or 0)}/{number(ctx.get('num_train_epochs'))}"
-    host = _text(ctx.get("host"))
-    if stage == "start":
-        what = "resumed" if ctx.get("resumed") else "started"
-        headline = f"⏳ {run}: {percent(progress)} · step {step}/{steps}"
-        lines = [f"{bar(progress)} {percent(progress)}", f"{epochs} · {what} on {host}"]
-    else:
-        if message.event == "train_end":
-            headline, progress = f"✅ {run}: finished · step {step}/{steps}", 1.0
-        else:
-            kind = str((ctx.get("error") or {}).get("kind") or "crash")
-            headline = FAILED.get(kind, FAILED["crash"]).format(run=run)
-            headline += f" at step {step}/{steps}"
-        lines = [
-            f"{bar(progress)} {percent(progress)}",
-            f"{epochs} · {duration(ctx.get('elapsed'))} on {host}",
-            f"Train: {escape(metrics(ctx.get('metrics')))}",
-        ]
-        if ctx.get("eval_metrics"):
-            lines.append(f"Eval: {escape(metrics(ctx.get('eval_metrics')))}")
-    return notifier.Message("progress", "\n".join([headline, *lines]), context=ctx)
-
-
-def resumed_message(message: notifier.Message) -> notifier.Message:
-    """train_begin after resume_from_checkpoint, as a reply in the run's existing thread."""
-    ctx = message.context
-    headline = (
-        f"🔁 Resumed {_text(ctx.get('run_name'), 'run')} at step "
-        f"{_text(ctx.get('global_step'), '0')}/{_text(ctx.get('max_steps'))}"
-    )
-    return dataclasses.replace(message, text=f"{headline}\n{message.text.strip()}")
-
-
-def _for_minutes(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:g} s"
-    minutes = seconds / 60
-    return f"{minutes:g} min" if minutes.is_integer() else f"{minutes:.1f} min"
-
-
-def alarm_text(context: Mapping[str, Any], after: float, now: float) -> str:
-    """The dead-man's alert, written when armed at ``now`` (wall clock) to post ``after``
-    seconds later; Slack shows the time in each reader's own time zone."""
-    utc = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    since = f"<!date^{int(now)}^{{date_short_pretty}} {{time}}|{utc}>"
-    return (
-        f"⚠️ run {_text(context.get('run_name'), 'run')} has been silent since {since} "
-        f"(no heartbeat for {_for_minutes(after)}): the process may have been killed (OOM, "
-        "SIGKILL, lost node). Last seen: step "
-        f"{_text(context.get('global_step'), '0')}/{_text(context.get('max_steps'))}, epoch "
-        f"{escape(number(context.get('epoch')))} on host {_text(context.get('host'))}."
-    )
 
 
 @dataclasses.dataclass
@@ -431,7 +337,7 @@ class SlackBackend(notifier.Backend):
         return f"slack {self.channel}" if self.channel else "slack (incoming webhook)"
 
     def payload(self, message: notifier.Message) -> dict[str, Any]:
-        body: dict[str, Any] = {"text": _trim(message.text, TEXT_LIMIT)}
+        body: dict[str, Any] = {"text": trim(message.text, TEXT_LIMIT)}
         if self.use_blocks:
             body["blocks"] = blocks(message)
         return body
@@ -617,7 +523,7 @@ class SlackBackend(notifier.Backend):
             except DeliveryError as error:
                 if "blocks" not in payload or error.code not in BAD_LAYOUT:
                     raise
-                text = _trim(message.text, SECTION_LIMIT)
+                text = trim(message.text, SECTION_LIMIT)
                 self._api("chat_update", channel=self._channel_id(), ts=run.card_ts, text=text)
         except DeliveryError as error:
             gone = error.code in CARD_GONE
@@ -734,7 +640,7 @@ class SlackBackend(notifier.Backend):
         except DeliveryError as error:
             if "blocks" in payload and error.code in BAD_LAYOUT:
                 # Never lose a message to a layout Slack refuses: send the text alone.
-                data = self._post({"text": _trim(message.text, SECTION_LIMIT), **extra})
+                data = self._post({"text": trim(message.text, SECTION_LIMIT), **extra})
             else:
                 raise
         channel = data.get("channel")
