@@ -271,6 +271,20 @@ class AlertRules:
         return alerts
 
     # -- rules ---------------------------------------------------------------------------
+    def _clear(
+        self,
+        key: tuple[str, str],
+        metric: str,
+        x: float,
+        message: str,
+        step: int | None,
+        alerts: list[Alert],
+    ) -> None:
+        """A firing condition no longer holds: re-arm it, and say so if asked to."""
+        condition = self._firing.pop(key)
+        if self.recoveries:
+            alerts.append(Alert("recovered", metric, x, condition, message, step))
+
     def _check_nan(
         self, numbers: dict[str, float], hidden: bool, step: int | None, alerts: list[Alert]
     ) -> None:
@@ -282,18 +296,8 @@ class AlertRules:
             for metric, x in numbers.items():
                 key = ("nan", metric)
                 if key in self._firing and metric not in bad:
-                    condition = self._firing.pop(key)
-                    if self.recoveries:
-                        alerts.append(
-                            Alert(
-                                "recovered",
-                                metric,
-                                x,
-                                condition,
-                                f"{metric} is finite again ({number(x)})",
-                                step,
-                            )
-                        )
+                    message = f"{metric} is finite again ({number(x)})"
+                    self._clear(key, metric, x, message, step, alerts)
         if not started:
             return
         conditions: dict[str, str] = {}
@@ -356,18 +360,8 @@ class AlertRules:
                         )
                     )
                 elif not spiking and key in self._firing:
-                    condition = self._firing.pop(key)
-                    if self.recoveries:
-                        alerts.append(
-                            Alert(
-                                "recovered",
-                                metric,
-                                x,
-                                condition,
-                                f"{metric} is back to {number(x)} (recent median {number(median)})",
-                                step,
-                            )
-                        )
+                    message = f"{metric} is back to {number(x)} (recent median {number(median)})"
+                    self._clear(key, metric, x, message, step, alerts)
             window.append(x)
 
     def _check_thresholds(
@@ -393,19 +387,10 @@ class AlertRules:
                         )
                     )
                 elif not holds and key in self._firing:
-                    del self._firing[key]
-                    if self.recoveries:
-                        alerts.append(
-                            Alert(
-                                "recovered",
-                                metric,
-                                x,
-                                str(threshold),
-                                f"{metric} {number(x)} is no longer {threshold.op} "
-                                f"{threshold.bound:g}",
-                                step,
-                            )
-                        )
+                    message = (
+                        f"{metric} {number(x)} is no longer {threshold.op} {threshold.bound:g}"
+                    )
+                    self._clear(key, metric, x, message, step, alerts)
 
 
 class Improvement:
