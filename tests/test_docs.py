@@ -40,3 +40,9 @@ def test_readme_names_exactly_two_setup_commands() -> None:
     for marker in ("<!-- demo-command -->", "<!-- test-command -->"):
         assert README.count(marker) == 1
     assert "notifier demo" in README.split("<!-- demo-command -->")[1].split("```")[1]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = README.split("<!-- test-command -->")[1].split("```")[1].strip().splitlines()[-1]
+    ci = (Path(__file__).parents[1] / ".ci" / "run").read_text(encoding="utf-8")
+    assert readme in ci.splitlines()
