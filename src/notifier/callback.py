@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from .alerts import Alert, AlertRules, Improvement, StallWatch
 from .backend import Attachment, Backend, Message
 from .config import UNTHROTTLED, Config, load_config
-from .context import RunTracker, plain_metrics
+from .context import RunTracker, plain_metrics, plain_value
 from .errors import ConfigurationError
 from .filters import MISSING
 from .guard import CrashGuard
@@ -391,9 +391,7 @@ class NotifierCallback(TrainerCallback):
         metrics = self._tracker.metrics
         for key, value in logs.items():
             if not key.startswith("eval_"):
-                metrics[key] = (
-                    value if type(value) in _PLAIN_TYPES else plain_metrics({key: value})[key]
-                )
+                metrics[key] = plain_value(value)
         if self._alerts is not None:
             for alert in self._alerts.check(logs, step=state.global_step):
                 self._emit_alert(alert)
@@ -635,9 +633,6 @@ class NotifierCallback(TrainerCallback):
 
     def _flush_for_exit(self) -> None:
         self.flush()
-
-
-_PLAIN_TYPES = (float, int, str, bool, type(None))
 
 
 def _error_for(error: dict[str, Any], max_length: int) -> dict[str, Any]:

@@ -38,20 +38,21 @@ CONTEXT_NAMES: dict[str, str] = {
 }
 
 
-def _plain(value: Any) -> Any:
+_SCALARS = (float, int, str, bool, type(None))
+
+
+def plain_value(value: Any) -> Any:
     """A JSON-like copy of a logged value: numbers, strings, lists and dicts only."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
+    if type(value) in _SCALARS or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     item = getattr(value, "item", None)  # a 0-d tensor or numpy scalar
     if callable(item):
         try:
-            return _plain(item())
+            return plain_value(item())
         except Exception:  # noqa: BLE001 - not a scalar after all
             pass
     return str(value)
@@ -59,7 +60,7 @@ def _plain(value: Any) -> Any:
 
 def plain_metrics(logs: Mapping[str, Any]) -> dict[str, Any]:
     """Copy logged metrics into plain values; the caller's dict is never touched."""
-    return {str(k): _plain(v) for k, v in logs.items()}
+    return {str(k): plain_value(v) for k, v in logs.items()}
 
 
 class RunTracker:
