@@ -30,6 +30,7 @@ from notifier_backends.discord import (
 import notifier
 from conftest import all_output
 from http_server import FAULTS, Behaviour, Fault, HTTPServer, run_fault
+from notifier.cli import main
 from notifier.http import retry_after
 from tiny import TinyRegressor, make_trainer
 
@@ -206,6 +207,20 @@ def test_crash_report_shows_the_traceback_unescaped_in_a_code_block(
     assert block.endswith("\n```") and block.count("```") == 1
     assert "RuntimeError: boom at forward call 3" in block
     assert "\\_" not in block and "raise RuntimeError(f" in block  # as Python printed it
+
+
+def test_run_quotes_stderr_as_written_in_a_code_block(
+    server: HTTPServer, webhook_url: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Markdown escapes inside a code block would show as stray backslashes.
+    code = "import sys; print('in x/__init__.py: *args ``` <x>', file=sys.stderr); sys.exit(2)"
+    assert main(["run", "--backend", "discord", "--", sys.executable, "-c", code]) == 2
+    _, end = server.wait_for(2)
+    description = end.json["embeds"][0]["description"]
+    quote = description.split("Last lines of stderr:\n```\n", 1)[1]
+    assert quote == "in x/__init__.py: *args `\u200b`` <x>\n```"
+    assert "\\" not in quote
+    capfd.readouterr()
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])

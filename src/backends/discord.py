@@ -343,6 +343,10 @@ class DiscordBackend(notifier.Backend):
     def escape(self, value: str) -> str:
         return escape(value)
 
+    def escape_code(self, value: str) -> str:
+        # Code blocks show text as written; only a fence inside could close the block.
+        return value.replace("```", "`\u200b``")
+
     def secrets(self) -> list[str]:
         return [*url_secrets(self._url), self._token]
 

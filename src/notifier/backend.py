@@ -133,6 +133,14 @@ class Backend:
         """Escape one value substituted into a template (not the template's own text)."""
         return value
 
+    def escape_code(self, value: str) -> str:
+        """Escape text shown inside a code block (a command's stderr); ``escape`` by default.
+
+        A service whose code blocks show text literally (Discord) returns it unchanged:
+        its markdown escapes would show there as stray backslashes.
+        """
+        return self.escape(value)
+
     def secrets(self) -> list[str]:
         """The secret strings this backend holds, to be scrubbed from every log line."""
         return []

@@ -182,7 +182,7 @@ def _build(info: RunInfo, backend: Backend, event: str, headline: str, details: 
     if info.stderr_tail and event == "run_error":
         limit = max(min(TAIL_CHARS, backend.max_length // 2), 200)
         tail = _short_tail(info.stderr_tail, limit).replace("```", "`\u200b``")
-        lines += ["", "Last lines of stderr:", "```", escape(tail), "```"]
+        lines += ["", "Last lines of stderr:", "```", backend.escape_code(tail), "```"]
     text = "\n".join(lines)
     return Message(
         event=event,
