@@ -77,6 +77,9 @@ class Message:
     context: Mapping[str, Any] = field(default_factory=dict)
     critical: bool = False
     attachments: tuple[Attachment, ...] = ()
+    #: Only the newest state matters (a live card, a heartbeat): a newer one replaces it
+    #: while it waits, and it is not paced with the messages people read.
+    transient: bool = False
 
     @property
     def title(self) -> str:

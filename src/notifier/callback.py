@@ -512,6 +512,7 @@ class NotifierCallback(TrainerCallback):
                     context=ctx,
                     critical=event in CRITICAL_EVENTS,
                     attachments=attachments,
+                    transient=event == TICK_EVENT,
                 )
             )
 

@@ -80,20 +80,20 @@ class Outbox:
         self._thread = thread
 
     def put(self, message: Message) -> None:
-        """Queue ``message``; when behind, the oldest progress message makes way for the newest."""
+        """Queue ``message``; when behind, the oldest skippable message makes way for the newest."""
         with self._cond:
             if self.disabled:
                 return
-            if message.event == "progress":
-                # A live card or heartbeat only ever needs the newest state.
-                for stale in [m for m in self._queue if m.event == "progress"]:
+            if message.transient:
+                for stale in [m for m in self._queue if m.transient]:
                     self._queue.remove(stale)
             elif not message.critical:
-                progress = [m for m in self._queue if not m.critical and m.event != "progress"]
-                if len(progress) >= self.max_backlog:
-                    self._queue.remove(progress[0])
+                skippable = [m for m in self._queue if not (m.critical or m.transient)]
+                if len(skippable) >= self.max_backlog:
+                    self._queue.remove(skippable[0])
                     self._drop(
-                        f"{self.backend.describe()} is behind: skipped an older progress message"
+                        f"{self.backend.describe()} is behind: skipped an older "
+                        f"{skippable[0].event} message"
                     )
             if len(self._queue) >= MAX_QUEUE:
                 self._queue.popleft()
@@ -131,7 +131,7 @@ class Outbox:
                 message = self._queue.popleft()
                 self._busy = True
             try:
-                if message.event != "progress":
+                if not message.transient:
                     # Card edits and heartbeats are other API methods with their own limits
                     # (chat.update, chat.scheduleMessage): they must not delay real messages.
                     self._pace()
