@@ -19,7 +19,8 @@ from notifier.http import HTTPDeliveryError, post_json
 from tiny import TinyRegressor, make_trainer
 
 PATH = "/hooks/T0/SECRET-PATH-0123456789"
-AUTH = "Bearer webhook-header-SECRET-0123456789"
+BEARER = "webhook-header-SECRET-0123456789"
+AUTH = f"Bearer {BEARER}"
 HEADERS = {"Authorization": AUTH, "X-Api-Key": "another-SECRET-value-42"}
 
 
@@ -33,7 +34,7 @@ def webhook_env(server: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def secrets_absent(text: str, url: str) -> None:
-    for secret in (url, PATH, *HEADERS.values()):
+    for secret in (url, PATH, BEARER, "SECRET-PATH-0123456789", *HEADERS.values()):
         assert secret not in text
 
 
@@ -77,8 +78,10 @@ def test_header_values_never_reach_logs_even_when_the_server_echoes_them(
     notifier_logs: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    # Echoed whole, or only the bearer token and the path's last segment.
     echo = {"error": f"bad credentials {AUTH} at {webhook_env}"}
-    server.script(Behaviour.answer(500, echo), Behaviour.answer(422, echo))
+    bare = {"error": f"token {BEARER} is not valid for SECRET-PATH-0123456789"}
+    server.script(Behaviour.answer(500, bare), Behaviour.answer(422, echo))
     callback = notifier.NotifierCallback(["webhook"], events=["train_begin"])
     make_trainer(tmp_path / "run-h", [callback]).train()
     assert callback.flush(10)
@@ -220,6 +223,23 @@ def test_post_json_times_out_and_cannot_connect(server: HTTPServer) -> None:
     with pytest.raises(DeliveryError, match="unreachable: ConnectionRefusedError") as info:
         post_json(url, {}, timeout=2)
     assert info.value.retryable and PATH not in str(info.value)
+
+
+def test_secret_pieces_of_urls_and_headers_leave_plain_words_readable() -> None:
+    backend = WebhookBackend(
+        "https://hooks.example.org/services/T0/SECRET-PATH-0123456789?sig=abc123def",
+        headers={
+            **HEADERS,
+            "Content-Type": "application/json",
+            "X-Source": "notifier",
+            "X-Team": "Research-Team-7",
+        },
+    )
+    found = set(backend.secrets())
+    assert {AUTH, BEARER, HEADERS["X-Api-Key"], "SECRET-PATH-0123456789", "abc123def"} <= found
+    assert "Research-Team-7" in found  # a custom header's value is a secret unless plain
+    # Masking is by substring in every log line: plain words must stay readable.
+    assert not {"application/json", "notifier", "services", "Bearer", "hooks.example.org"} & found
 
 
 def test_url_credentials_become_basic_auth(server: HTTPServer) -> None:

@@ -15,11 +15,11 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import notifier
 from notifier.backend import check_options, option
 from notifier.errors import ConfigurationError, DeliveryError
+from notifier.http import url_secrets
 from notifier.secrets import redact
 
 INSTALL_HINT = "pip install 'notifier[apprise]'"
@@ -87,35 +87,6 @@ def scheme(url: str) -> str:
     """The scheme of ``url`` (the only part of it safe to show), or ``?``."""
     found = _SCHEME.match(url)
     return found.group(1).lower() if found else "?"
-
-
-def _token_like(piece: str) -> bool:
-    """Whether a URL piece may be a token. Masking is process-wide and by substring, so
-    a plain lower-case word (a path such as "webhooks", a user such as "notifier") is
-    left alone: masking it would garble every log line that mentions it."""
-    return len(piece) >= 6 and not (piece.isalpha() and piece.islower())
-
-
-def url_secrets(url: str) -> set[str]:
-    """``url`` and each piece of it that may be a secret: the password; the user, a host
-    that is no host name (Apprise puts tokens there), path segments and query values
-    when they look like tokens."""
-    found = {url}
-    _, sep, rest = url.partition("://")
-    if not sep:
-        return found
-    found.add(rest)
-    parts = urlsplit("x://" + rest)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    found |= {password, unquote(password)}
-    host = hostport.rsplit(":", 1)[0] if hostport.rsplit(":", 1)[-1].isdigit() else hostport
-    pieces = [user, *parts.path.split("/"), *(v for _, v in parse_qsl(parts.query))]
-    if host != "localhost" and "." not in host:
-        pieces += [hostport, host]
-    for piece in pieces:
-        found |= {p for p in (piece, unquote(piece)) if _token_like(p)}
-    return {s for s in found if len(s) >= 6}
 
 
 class AppriseBackend(notifier.Backend):

@@ -24,7 +24,7 @@ from typing import Any
 import notifier
 from notifier.backend import check_options, option
 from notifier.errors import ConfigurationError
-from notifier.http import check_url, host_of, post_json, url_secrets
+from notifier.http import check_url, header_secrets, host_of, post_json, url_secrets
 from notifier.secrets import get_logger
 
 logger = get_logger("notifier.webhook")
@@ -121,7 +121,7 @@ class WebhookBackend(notifier.Backend):
         self._bad_templates: set[str] = set()
 
     def secrets(self) -> list[str]:
-        return [*url_secrets(self._url), *self._headers.values()]
+        return [*url_secrets(self._url), *header_secrets(self._headers)]
 
     def describe(self) -> str:
         return f"webhook ({host_of(self._url)})"

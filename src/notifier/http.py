@@ -124,13 +124,53 @@ def host_of(url: str) -> str:
     return f"{host}:{port}" if port else host
 
 
+def token_like(piece: str) -> bool:
+    """Whether a piece of a URL or header may be a token. Masking is process-wide and by
+    substring, so a plain lower-case word (a path such as "webhooks", a user such as
+    "notifier") is left alone: masking it would garble every log line that mentions it."""
+    return len(piece) >= 6 and not (piece.isalpha() and piece.islower())
+
+
 def url_secrets(url: str) -> list[str]:
-    """The parts of ``url`` to scrub from logs: the URL, its path and query, its password."""
-    parts = urllib.parse.urlsplit(url)
-    found = [url, urllib.parse.urlunsplit(("", "", parts.path, parts.query, ""))]
-    if parts.password:
-        found.append(parts.password)
-    return [s for s in found if s and s != "/"]
+    """``url`` and each piece of it that may be a secret: the password; the path with its
+    query; the user, a host that is no host name (Apprise puts tokens there), path
+    segments and query values when they look like tokens."""
+    found = {url}
+    _, sep, rest = url.partition("://")
+    if not sep:
+        return [url]
+    found.add(rest)
+    parts = urllib.parse.urlsplit("x://" + rest)
+    found.add(urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")))
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    found |= {password, urllib.parse.unquote(password)}
+    host = hostport.rsplit(":", 1)[0] if hostport.rsplit(":", 1)[-1].isdigit() else hostport
+    pieces = [user, *parts.path.split("/"), *(v for _, v in urllib.parse.parse_qsl(parts.query))]
+    if host != "localhost" and "." not in host:
+        pieces += [hostport, host]
+    for piece in pieces:
+        found |= {p for p in (piece, urllib.parse.unquote(piece)) if token_like(p)}
+    return sorted(s for s in found if len(s) >= 6)
+
+
+#: Headers that only describe the content; their values are not masked (masking
+#: "application/json" everywhere would garble logs). Every other value is a secret.
+PLAIN_HEADERS = frozenset({"accept", "accept-language", "content-language", "content-type"})
+
+
+def header_secrets(headers: Mapping[str, str]) -> list[str]:
+    """The values of ``headers`` to scrub from logs: each whole value and, for a scheme
+    and credentials (``Bearer abc``, ``Basic …``), the credentials alone too."""
+    found: set[str] = set()
+    for name, value in headers.items():
+        if name.lower() in PLAIN_HEADERS or name.lower() == "user-agent":
+            continue
+        if token_like(value) or len(value) >= 16:
+            found.add(value)
+        # The credentials after a scheme word ("Bearer", "Basic"), which stays readable.
+        found |= {word for word in value.split() if token_like(word) and not word.isalpha()}
+    return sorted(found)
 
 
 def check_url(url: Any, *, backend: str, what: str = "url") -> str:
@@ -421,7 +461,7 @@ def request(
         finally:
             exc.close()
         answer_headers = dict(exc.headers.items()) if exc.headers else {}
-        hidden = list((headers or {}).values())  # an echoed Authorization stays hidden
+        hidden = header_secrets(headers or {})  # an echoed Authorization stays hidden
         raise _http_error(exc.code, answer_headers, body, url, hidden, where, fixes) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as exc:
         raise _transport_error(exc, where, timeout) from None
