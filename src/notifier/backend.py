@@ -80,6 +80,9 @@ class Message:
     #: Only the newest state matters (a live card, a heartbeat): a newer one replaces it
     #: while it waits, and it is not paced with the messages people read.
     transient: bool = False
+    #: Goes ahead of queued messages that are not critical, unpaced (a crash report must
+    #: not wait behind a backlog of epoch messages while the process is ending).
+    urgent: bool = False
 
     @property
     def title(self) -> str:

@@ -513,6 +513,7 @@ class NotifierCallback(TrainerCallback):
                     critical=event in CRITICAL_EVENTS,
                     attachments=attachments,
                     transient=event == TICK_EVENT,
+                    urgent=event == "train_error",
                 )
             )
 

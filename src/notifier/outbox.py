@@ -90,22 +90,30 @@ class Outbox:
             elif not message.critical:
                 skippable = [m for m in self._queue if not (m.critical or m.transient)]
                 if len(skippable) >= self.max_backlog:
-                    self._queue.remove(skippable[0])
-                    self._drop(
-                        f"{self.backend.describe()} is behind: skipped an older "
-                        f"{skippable[0].event} message"
-                    )
+                    self._evict(skippable[0], "is behind")
             if len(self._queue) >= MAX_QUEUE:
-                self._queue.popleft()
-                self._drop(f"{self.backend.describe()} queue is full: dropped the oldest message")
-            self._queue.append(message)
+                # Start, end and crash messages are the last to go.
+                ordinary = [m for m in self._queue if not m.critical]
+                self._evict(ordinary[0] if ordinary else self._queue[0], "queue is full")
+            if message.urgent:
+                at = next((i for i, m in enumerate(self._queue) if not m.critical), None)
+                self._queue.insert(len(self._queue) if at is None else at, message)
+            else:
+                self._queue.append(message)
             self._start_worker()
             self._cond.notify_all()
 
-    def _drop(self, why: str) -> None:
+    def _evict(self, message: Message, why: str) -> None:
+        self._queue.remove(message)
         self.dropped += 1
-        if self.dropped == 1 or self.dropped % 100 == 0:
-            logger.warning("%s (%d dropped so far)", why, self.dropped)
+        if message.critical or self.dropped == 1 or self.dropped % 100 == 0:
+            logger.warning(
+                "%s %s: skipped an older %s message (%d dropped so far)",
+                self.backend.describe(),
+                why,
+                message.event,
+                self.dropped,
+            )
 
     @property
     def pending(self) -> int:
@@ -131,9 +139,10 @@ class Outbox:
                 message = self._queue.popleft()
                 self._busy = True
             try:
-                if not message.transient:
+                if not (message.transient or message.urgent):
                     # Card edits and heartbeats are other API methods with their own limits
-                    # (chat.update, chat.scheduleMessage): they must not delay real messages.
+                    # (chat.update, chat.scheduleMessage): they must not delay real messages;
+                    # a crash report goes at once (a 429 is still honoured by the retries).
                     self._pace()
                 self._deliver(message)
             except BaseException:  # noqa: BLE001 - the worker must outlive any failure
