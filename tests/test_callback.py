@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -355,16 +356,21 @@ def test_only_world_process_zero_sends_progress(
 
 
 def test_default_backend_is_the_console_on_stderr(
-    tmp_path: Path, notifier_logs: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    notifier_logs: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("notifier.callback._hinted", False)
     callback = notifier.NotifierCallback()
+    notifier.NotifierCallback()  # the hint is given once per process
     assert [b.name for b in callback.backends] == ["console"]
     hints = [r for r in notifier_logs.records if "SLACK_BOT_TOKEN" in r.getMessage()]
     assert len(hints) == 1
     assert "\n" not in hints[0].getMessage()
     assert "SLACK_CHANNEL" in hints[0].getMessage()
     assert "backends=['slack']" in hints[0].getMessage()
-    assert hints[0].levelno == logging.INFO
+    assert hints[0].levelno == logging.WARNING  # Python shows no INFO unless configured
     make_trainer(tmp_path / "run", [callback], epochs=1).train()
     assert callback.flush(10)
     captured = capsys.readouterr()
@@ -374,6 +380,14 @@ def test_default_backend_is_the_console_on_stderr(
     assert "📈 run: epoch 1/1" in lines[1]
     assert "✅ Training finished: run" in lines[2]
     assert "[notifier" not in captured.out
+
+
+def test_the_hint_shows_without_any_logging_set_up(tmp_path: Path) -> None:
+    code = "import notifier; notifier.NotifierCallback(config=False)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert done.stderr.count("no backend configured") == 1, done.stderr
 
 
 def test_named_backend_logs_no_hint(notifier_logs: pytest.LogCaptureFixture) -> None:

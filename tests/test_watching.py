@@ -110,6 +110,86 @@ def test_only_improvements_filters_evaluate_messages(tmp_path: Path) -> None:
     assert sent == sorted(sent, reverse=True)
 
 
+class SlowEval(TinyRegressor):
+    """Each evaluation batch takes ``pause`` seconds."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.pause = pause
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, Any]:
+        if not self.training:
+            time.sleep(self.pause)
+        return super().forward(x, labels)
+
+
+def test_a_long_evaluation_is_not_a_stall(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    callback = NotifierCallback([backend], stall_after=1.0, config=False)
+    # 16 batches of 0.15 s: the evaluation lasts 2.4 s, each of its steps far less than 1 s.
+    run(
+        tmp_path,
+        callback,
+        model=SlowEval(0.15),
+        epochs=1,
+        eval_strategy="epoch",
+        per_device_eval_batch_size=1,
+    )
+    assert "alert" not in backend.events, [m.text for m in backend.messages]
+    assert backend.events == ["train_begin", "epoch_end", "train_end"]
+
+
+def test_only_improvements_holds_back_epoch_messages_whose_evaluation_did_not_improve(
+    tmp_path: Path,
+) -> None:
+    backend = RecordingBackend()
+    # Without the eval_ prefix, as for metric_for_best_model.
+    callback = NotifierCallback([backend], only_improvements="loss", config=False)
+    trainer = run(tmp_path, callback, epochs=6, eval_strategy="epoch", learning_rate=0.9)
+    losses = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    best, improved = math.inf, []
+    for epoch, loss in enumerate(losses, 1):
+        if loss < best:
+            best = loss
+            improved.append(float(epoch))
+    assert 0 < len(improved) < len(losses)  # the data must exercise the filter
+    assert [m.context["epoch"] for m in backend.messages if m.event == "epoch_end"] == improved
+    assert backend.events[0] == "train_begin" and backend.events[-1] == "train_end"
+
+
+def test_only_improvements_follows_the_trainers_direction_and_names_a_missing_metric(
+    tmp_path: Path, notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    backend = RecordingBackend()
+    callback = NotifierCallback(
+        [backend], events=["evaluate"], only_improvements="eval_loss", config=False
+    )
+    # The Trainer is told a higher loss is better: the filter must agree with it.
+    trainer = run(
+        tmp_path,
+        callback,
+        epochs=4,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        metric_for_best_model="loss",
+        greater_is_better=True,
+    )
+    losses = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    sent = [m.context["eval_metrics"]["eval_loss"] for m in backend.messages]
+    assert sent == sorted(sent) and sent[0] == losses[0] and len(sent) < len(losses)
+
+    typo = NotifierCallback([RecordingBackend()], only_improvements="acuracy", config=False)
+    run(tmp_path, typo, epochs=2, eval_strategy="epoch")
+    warnings = [
+        r.getMessage() for r in notifier_logs.records if "only_improvements" in r.getMessage()
+    ]
+    assert warnings == [
+        "notifier: only_improvements='eval_acuracy': the evaluation has no such metric (it has "
+        "epoch, eval_loss, eval_runtime, eval_samples_per_second, eval_steps_per_second); "
+        "evaluation messages wait until it appears"
+    ]
+
+
 def test_throttle_every_n_epochs_and_min_interval(tmp_path: Path) -> None:
     backend = RecordingBackend()
     callback = NotifierCallback(
@@ -146,6 +226,61 @@ def test_routes_send_each_backend_its_events(tmp_path: Path) -> None:
     run(tmp_path, callback)
     assert main.events == ["train_begin", "epoch_end", "epoch_end", "train_end"]
     assert crashes.events == ["train_end"]
+
+
+def test_evaluations_merged_into_epoch_messages_still_reach_backends_routed_to_them(
+    tmp_path: Path,
+) -> None:
+    main, evals = RecordingBackend(), Other()
+    callback = NotifierCallback([main, evals], routes={"other": ["evaluate"]}, config=False)
+    run(tmp_path, callback, eval_strategy="epoch")
+    assert main.events == ["train_begin", "epoch_end", "epoch_end", "train_end"]
+    assert all("eval_loss" in m.context["eval_metrics"] for m in main.messages[1:3])
+    assert evals.events == ["evaluate", "evaluate"]
+    assert [m.context["global_step"] for m in evals.messages] == [4, 8]
+
+
+def test_a_route_alone_can_ask_for_epoch_messages(tmp_path: Path) -> None:
+    main, epochs = RecordingBackend(), Other()
+    callback = NotifierCallback(
+        [main, epochs],
+        events=["train_begin", "train_end"],
+        routes={"other": ["epoch_end"]},
+        config=False,
+    )
+    run(tmp_path, callback, eval_strategy="epoch")
+    assert main.events == ["train_begin", "train_end"]
+    assert epochs.events == ["epoch_end", "epoch_end"]
+    assert "eval_loss" in epochs.messages[0].context["eval_metrics"]
+
+
+def test_an_evaluation_goes_on_its_own_when_its_epoch_message_is_throttled(
+    tmp_path: Path,
+) -> None:
+    backend = RecordingBackend()
+    callback = NotifierCallback(
+        [backend],
+        events=["epoch_end", "evaluate"],
+        throttle={"epoch_end": {"every_n_epochs": 2}},
+        config=False,
+    )
+    run(tmp_path, callback, epochs=4, eval_strategy="epoch")
+    sent = [(m.event, m.context["epoch"]) for m in backend.messages]
+    assert sent == [
+        ("evaluate", 1.0),
+        ("epoch_end", 2.0),
+        ("evaluate", 3.0),
+        ("epoch_end", 4.0),
+    ]
+
+
+def test_a_template_that_renders_nothing_sends_nothing(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    only_last = "{% if epoch == num_train_epochs %}last epoch done{% endif %}"
+    callback = NotifierCallback([backend], templates={"epoch_end": only_last}, config=False)
+    run(tmp_path, callback, epochs=3)
+    assert backend.events == ["train_begin", "epoch_end", "train_end"]
+    assert backend.messages[1].text == "last epoch done"
 
 
 def test_route_for_unknown_backend_raises() -> None:

@@ -8,7 +8,7 @@ from .hookspecs import hookimpl, hookspec
 from .plugins import available_backends, get_backend
 
 if TYPE_CHECKING:
-    from .alerts import AlertRules
+    from .alerts import AlertRules, Improvement
     from .callback import NotifierCallback, SlackCallback
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "Backend",
     "ConfigurationError",
     "DeliveryError",
+    "Improvement",
     "Message",
     "NotifierCallback",
     "NotifierError",
@@ -30,7 +31,12 @@ __all__ = [
 
 #: Loaded on first use: the callbacks import transformers (seconds), which the
 #: command line and backend plugins do not need.
-_LAZY = {"NotifierCallback": "callback", "SlackCallback": "callback", "AlertRules": "alerts"}
+_LAZY = {
+    "NotifierCallback": "callback",
+    "SlackCallback": "callback",
+    "AlertRules": "alerts",
+    "Improvement": "alerts",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -396,21 +396,40 @@ class AlertRules:
 class Improvement:
     """Tracks the best value of one metric; ``update`` says whether the latest is a new best.
 
-    The direction is ``greater_is_better``; when not given, a metric whose name
-    contains "loss" is lower-is-better and any other higher-is-better (as for the
-    Trainer's ``metric_for_best_model``). Error rates, perplexity, WER and the like
-    need ``greater_is_better=False``. The metric name is matched exactly
-    (``"eval_accuracy"``, not ``"accuracy"``).
+    The direction is ``greater_is_better``; when not given, it is the Trainer's own
+    (``args.greater_is_better``, see ``adopt``) if the metric is its
+    ``metric_for_best_model``, else a metric whose name contains "loss" is
+    lower-is-better and any other higher-is-better. Error rates, perplexity, WER and
+    the like need ``greater_is_better=False``. As for ``metric_for_best_model``, a
+    name without the ``eval_`` prefix (``"accuracy"``) means ``eval_accuracy``.
     """
 
     def __init__(self, metric: str, greater_is_better: bool | None = None) -> None:
         if not isinstance(metric, str) or not metric:
             raise ConfigurationError(f"Improvement needs a metric name, got {metric!r}")
-        self.metric = metric
+        self.metric = metric if metric.startswith("eval_") else f"eval_{metric}"
+        self._given = greater_is_better is not None
         self.greater_is_better = (
             "loss" not in metric if greater_is_better is None else bool(greater_is_better)
         )
+        #: Set once the missing metric has been reported.
+        self.warned = False
         self.reset()
+
+    def adopt(self, args: Any) -> None:
+        """Take the Trainer's direction when the metric is its ``metric_for_best_model``
+        and none was given here."""
+        name = getattr(args, "metric_for_best_model", None)
+        greater = getattr(args, "greater_is_better", None)
+        if self._given or not isinstance(name, str) or not isinstance(greater, bool):
+            return
+        if (name if name.startswith("eval_") else f"eval_{name}") == self.metric:
+            self.greater_is_better = greater
+
+    def value(self, metrics: Mapping[str, Any]) -> float | None:
+        """The metric's finite value in ``metrics``, or None."""
+        x = _as_float(metrics.get(self.metric))
+        return x if x is not None and math.isfinite(x) else None
 
     def __repr__(self) -> str:
         direction = "higher" if self.greater_is_better else "lower"
@@ -430,8 +449,8 @@ class Improvement:
         Absent and non-finite values change nothing and return False; ties are no
         improvement.
         """
-        x = _as_float(metrics.get(self.metric))
-        if x is None or not math.isfinite(x):
+        x = self.value(metrics)
+        if x is None:
             return False
         best = self.best
         if best is not None and not (x > best if self.greater_is_better else x < best):

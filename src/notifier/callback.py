@@ -46,6 +46,8 @@ SLACK_HINT = (
     "SLACK_BOT_TOKEN and SLACK_CHANNEL and pass backends=['slack']."
 )
 
+_hinted = False
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -71,7 +73,12 @@ def _isolated(method: F) -> F:
 
 def _resolve_backends(backends: Iterable[Backend | str] | Backend | str | None) -> list[Backend]:
     if backends is None:
-        logger.info(SLACK_HINT)
+        global _hinted
+        if not _hinted:
+            # A warning, once: Python shows no INFO by default, and the hint is for
+            # someone who has not configured anything yet.
+            _hinted = True
+            logger.warning(SLACK_HINT)
         return [get_backend("console")]
     if isinstance(backends, (Backend, str)):
         backends = [backends]
@@ -120,6 +127,17 @@ def _resolve_alerts(alerts: AlertRules | Mapping[str, Any] | bool | None) -> Ale
     raise ConfigurationError(
         f"alerts must be a dict of thresholds such as {{'loss': '> 10'}}, an AlertRules, or "
         f"False, not {type(alerts).__name__}"
+    )
+
+
+def _resolve_improvement(value: str | Improvement | None) -> Improvement | None:
+    if value is None or isinstance(value, Improvement):
+        return value
+    if isinstance(value, str) and value:
+        return Improvement(value)
+    raise ConfigurationError(
+        "only_improvements must be an eval metric name such as 'eval_loss', or "
+        f"notifier.Improvement('eval_wer', greater_is_better=False); got {value!r}"
     )
 
 
@@ -185,7 +203,7 @@ class NotifierCallback(TrainerCallback):
         flush_timeout: float | None = None,
         max_backlog: int | None = None,
         alerts: AlertRules | Mapping[str, Any] | bool | None = None,
-        only_improvements: str | None = None,
+        only_improvements: str | Improvement | None = None,
         stall_after: float | None = None,
         plots: bool | None = None,
         throttle: Mapping[str, Mapping[str, float]] | None = None,
@@ -226,7 +244,7 @@ class NotifierCallback(TrainerCallback):
         self.backends = _resolve_backends(cfg.build_backends(backends))
         self.flush_timeout = float(flush_timeout)
         self._alerts = _resolve_alerts(settings.get("alerts"))
-        self._improvement = Improvement(only_improvements) if only_improvements else None
+        self._improvement = _resolve_improvement(only_improvements)
         stall = settings.get("stall_after")
         self._stall = StallWatch(stall) if stall is not None else None
         self._plots = bool(settings.get("plots", False))
@@ -261,6 +279,10 @@ class NotifierCallback(TrainerCallback):
         self._active = False
         self._is_zero = True
         self._pending_epoch: dict[str, Any] | None = None
+        # Evaluations and saves held with the epoch message: (step, event, context).
+        self._held: list[tuple[int, str, dict[str, Any]]] = []
+        # The step of an epoch message held back by only_improvements.
+        self._quiet_step = -1
         self._epoch_end_step = -1
         self._hook_errors: set[str] = set()
         self._render_errors: set[tuple[str, str]] = set()
@@ -377,7 +399,11 @@ class NotifierCallback(TrainerCallback):
 
     @_isolated
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # A long evaluation is the run alive: keep live cards and heartbeats going.
+        # A long evaluation is the run alive: not a stall; live cards and heartbeats go on.
+        if self._stall is not None:
+            recovered = self._stall.progress()
+            if recovered is not None:
+                self._emit_alert(recovered)
         if self._next_tick is not None and time.monotonic() >= self._next_tick:
             self._tick()
 
@@ -401,7 +427,7 @@ class NotifierCallback(TrainerCallback):
         self._epoch_end_step = state.global_step
         if self._pending_epoch is not None:
             self._release_epoch()
-        if "epoch_end" in self.events and self._is_zero:
+        if "epoch_end" in self._all_events and self._is_zero:
             # transformers evaluates and saves *after* on_epoch_end: hold the message
             # until they are done so it carries this epoch's eval metrics and checkpoint.
             self._tracker.update(state)
@@ -419,24 +445,32 @@ class NotifierCallback(TrainerCallback):
         if metrics:
             self._tracker.eval_metrics = plain_metrics(metrics)
         if self._stall is not None:
-            self._stall.progress(state.global_step)  # a long evaluation is not a stall
-        improved = self._improvement.update(metrics or {}) if self._improvement else True
-        if not self._merge_into_epoch(state, eval_metrics=dict(self._tracker.eval_metrics)):
+            recovered = self._stall.progress(state.global_step)
+            if recovered is not None:
+                self._emit_alert(recovered)
+        improved = self._improved(args, metrics or {}, state.global_step)
+        if self._merge_into_epoch(state, eval_metrics=dict(self._tracker.eval_metrics)):
             if improved:
-                self._emit("evaluate")
+                self._hold("evaluate", state)
+            else:  # its epoch message is held back too
+                self._quiet_step = state.global_step
+        elif improved:
+            self._emit("evaluate")
 
     @_isolated
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = os.path.join(str(args.output_dir), f"{CHECKPOINT_PREFIX}-{state.global_step}")
         self._tracker.checkpoint, self._tracker.checkpoint_step = path, state.global_step
-        if not self._merge_into_epoch(state, checkpoint=path):
+        if self._merge_into_epoch(state, checkpoint=path):
+            self._hold("save", state)
+        else:
             self._emit("save")
 
     @_isolated
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._active:
             return  # e.g. a pruned Optuna trial calling on_train_end a second time
-        if self._pending_epoch is not None:
+        if self._pending_epoch is not None or self._held:
             self._release_epoch()
         self._guard.disarm()
         self._active = False
@@ -454,6 +488,33 @@ class NotifierCallback(TrainerCallback):
         pending["best_model_checkpoint"] = state.best_model_checkpoint
         return True
 
+    def _hold(self, event: str, state: Any) -> None:
+        """Keep an evaluation or save merged into the epoch message, for the backends that
+        do not get that message (routes), or in case the throttle holds it back."""
+        if not self._is_zero or event not in self._all_events:
+            return
+        self._tracker.update(state)
+        self._held.append((state.global_step, event, self._tracker.context(event)))
+
+    def _improved(self, args: Any, metrics: Mapping[str, Any], step: int) -> bool:
+        """Whether this evaluation passes ``only_improvements`` (always, without it)."""
+        tracker = self._improvement
+        if tracker is None:
+            return True
+        if tracker.best is None:
+            tracker.adopt(args)
+        if tracker.value(metrics) is None:
+            if not tracker.warned:
+                tracker.warned = True
+                logger.warning(
+                    "notifier: only_improvements=%r: the evaluation has no such metric "
+                    "(it has %s); evaluation messages wait until it appears",
+                    tracker.metric,
+                    ", ".join(sorted(metrics)) or "none",
+                )
+            return False
+        return tracker.update(metrics, step=step)
+
     def _epoch_end_follows(self, state: Any) -> bool:
         """Whether on_epoch_end is still to come for this step, which is an epoch's last:
         with "steps" strategies transformers evaluates and saves there *before*
@@ -461,15 +522,30 @@ class NotifierCallback(TrainerCallback):
         epoch = state.epoch
         return bool(
             self._active
-            and "epoch_end" in self.events
+            and "epoch_end" in self._all_events
             and state.global_step > self._epoch_end_step
             and epoch
             and (float(epoch).is_integer() or state.global_step >= (state.max_steps or 0) > 0)
         )
 
     def _release_epoch(self) -> None:
+        """Send the held epoch message, and what it carries to backends that miss it."""
         context, self._pending_epoch = self._pending_epoch, None
-        self._emit("epoch_end", context=context)
+        step = context["global_step"] if context is not None else math.inf
+        held = [h for h in self._held if h[0] <= step]
+        self._held = [h for h in self._held if h[0] > step]
+        sent = False
+        if context is not None:
+            quiet, self._quiet_step = self._quiet_step == step, -1
+            sent = not quiet and self._emit("epoch_end", context=context)
+        for _, event, held_context in held:
+            routes = [
+                r
+                for r in self._routes
+                if event in r.events and not (sent and "epoch_end" in r.events)
+            ]
+            if routes:
+                self._emit(event, context=held_context, routes=routes)
 
     def _emit(
         self,
@@ -480,11 +556,13 @@ class NotifierCallback(TrainerCallback):
         alert: dict[str, Any] | None = None,
         attachments: tuple[Attachment, ...] = (),
         routes: Sequence[_Route] | None = None,
-    ) -> None:
+    ) -> bool:
+        """Render ``event`` for each backend that gets it and queue it; False when the
+        event is not sent at all (not selected, not this rank, throttled)."""
         if event not in self._all_events:
-            return
+            return False
         if not self._is_zero and event not in ANY_RANK_EVENTS:
-            return
+            return False
         if context is None:
             if self._state is not None:
                 self._tracker.update(self._state)
@@ -492,7 +570,7 @@ class NotifierCallback(TrainerCallback):
         if alert is not None:
             context["alert"] = alert
         if event in self._throttle and self._throttled(event, context):
-            return
+            return False
         for route in self._routes if routes is None else routes:
             if event not in route.events:
                 continue
@@ -504,6 +582,12 @@ class NotifierCallback(TrainerCallback):
                 parts = route.templates.render(event, ctx)
             except Exception as exc:  # noqa: BLE001 - a broken template must not stop the message
                 parts = self._fallback(event, backend, ctx, exc)
+            if not parts.get("text", "").strip() and event != TICK_EVENT:
+                # A template that renders nothing ({% if … %} around it) means: not this time.
+                logger.debug(
+                    "notifier: the %s template for %s rendered nothing", event, backend.name
+                )
+                continue
             route.outbox.put(
                 Message(
                     event=event,
@@ -516,6 +600,7 @@ class NotifierCallback(TrainerCallback):
                     urgent=event == "train_error",
                 )
             )
+        return True
 
     def _throttled(self, event: str, context: Mapping[str, Any]) -> bool:
         """Whether the user's throttle holds this message back (never start, end or crash)."""
@@ -610,7 +695,7 @@ class NotifierCallback(TrainerCallback):
         """Called by the guard when the run ends without on_train_end."""
         self._active = False
         self._stop_watchdog()
-        if self._pending_epoch is not None:
+        if self._pending_epoch is not None or self._held:
             self._release_epoch()
         error: dict[str, Any]
         if kind == "terminated":
