@@ -7,17 +7,19 @@ import json
 import logging
 import sys
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from notifier_backends.apprise_backend import AppriseBackend, split_urls
+from notifier_backends.apprise_backend import AppriseBackend, split_urls, with_timeout
 
 import notifier
 from conftest import all_output
+from http_server import ATTEMPTS, FAULTS, Behaviour, Fault, HTTPServer, run_fault
 from notifier.backend import Message
 from notifier.http import url_secrets
 from notifier.outbox import Outbox
@@ -236,3 +238,112 @@ def test_splitting_and_secret_pieces() -> None:
     words = set(url_secrets("json://notifier:pa55word@example.org/webhooks/Zx9-token-0001"))
     assert {"pa55word", "Zx9-token-0001"} <= words
     assert not {"notifier", "webhooks", "example.org"} & words
+
+
+# -- timeouts and the shared fault table ------------------------------------------------------
+
+
+def plugin_timeouts(backend: AppriseBackend) -> list[tuple[float, float]]:
+    """(connect, read) timeouts of the Apprise plugin built for each URL."""
+    return [
+        (plugin.socket_connect_timeout, plugin.socket_read_timeout)
+        for target in backend._targets
+        for plugin in target
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "timeout", "env", "expected"),
+    [
+        ("json://127.0.0.1/x", None, None, (4.0, 4.0)),  # Apprise's own defaults
+        ("json://127.0.0.1/x", 0.5, None, (0.5, 0.5)),
+        ("json://127.0.0.1/x", None, "1.5", (1.5, 1.5)),
+        ("json://127.0.0.1/x", "2", "9", (2.0, 2.0)),  # the option before the environment
+        ("json://127.0.0.1/x?rto=3", 0.5, None, (0.5, 3.0)),  # the URL's own setting wins
+        ("json://127.0.0.1/x?method=PUT&CTO=7", 0.5, None, (7.0, 0.5)),
+        ("mailto://me:pw@example.org?to=a@x.org", 2.5, None, (2.5, 2.5)),  # SMTP: cto
+        ("slack://T1aaaaaa/B1bbbbbbb/C1ccccccccccccccccccccccc/#general", 1.0, None, (1.0, 1.0)),
+    ],
+)
+def test_timeout_sets_apprise_connect_and_read_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    timeout: Any,
+    env: str | None,
+    expected: tuple[float, float],
+) -> None:
+    if env is None:
+        monkeypatch.delenv("APPRISE_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("APPRISE_TIMEOUT", env)
+    backend = AppriseBackend(urls=[url], timeout=timeout)
+    assert plugin_timeouts(backend) == [expected]
+    assert backend.urls == [url]  # shown and scrubbed as given
+    assert with_timeout(url, None) == url
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "soon", float("inf"), True])
+def test_a_bad_timeout_names_the_fix(timeout: Any) -> None:
+    with pytest.raises(notifier.ConfigurationError, match=r"APPRISE_TIMEOUT"):
+        AppriseBackend(urls=["json://127.0.0.1/x"], timeout=timeout)
+
+
+@pytest.fixture
+def loopback(server: HTTPServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A json:// URL (with a password and a path token) for the shared loopback server."""
+    monkeypatch.setenv("NO_PROXY", "*")  # requests must not send loopback calls to a proxy
+    return f"json://notifier:{PASSWORD}@127.0.0.1:{server.port}/{PATH_TOKEN}"
+
+
+def test_a_hung_server_costs_the_timeout_not_apprises_default(
+    server: HTTPServer, loopback: str
+) -> None:
+    server.default = Behaviour.hang()
+    backend = AppriseBackend(urls=[loopback], timeout=0.3)
+    started = time.monotonic()
+    with pytest.raises(notifier.DeliveryError) as caught:
+        backend.send(text())
+    assert time.monotonic() - started < 2.0  # Apprise's default read timeout is 4 s
+    assert caught.value.retryable and caught.value.retry_after is None
+    assert len(server.wait_for(1)) == 1
+
+
+_SHARED = {fault.name: fault for fault in FAULTS}
+#: http_server.FAULTS as Apprise meets them. Apprise reports success or failure only, so:
+#: a 429 is retried after the outbox's own backoff (its Retry-After unseen), and a 404
+#: (a deleted webhook) is retried like a 500 instead of switching the backend off.
+APPRISE_FAULTS: tuple[Fault, ...] = (
+    _SHARED["500 always"],
+    _SHARED["500 twice then OK"],
+    replace(_SHARED["429 Retry-After header"], min_gap=0.0),
+    _SHARED["connection reset"],
+    _SHARED["timeout"],  # bounded by timeout=0.2 per attempt
+    replace(_SHARED["404 deleted webhook"], requests=2 * ATTEMPTS, disables=False),
+)
+
+
+@pytest.mark.parametrize("fault", APPRISE_FAULTS, ids=[f.name for f in APPRISE_FAULTS])
+def test_fault_table(
+    fault: Fault,
+    server: HTTPServer,
+    loopback: str,
+    tmp_path: Path,
+    fast_retries: None,
+    apprise_logs: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    backend = AppriseBackend(urls=[loopback], timeout=0.2)
+    started = time.monotonic()
+    requests, warnings = run_fault(
+        fault, server, backend, tmp_path, apprise_logs, fix="APPRISE_URLS"
+    )
+    # Ten attempts at a hung server: 0.2 s each, not Apprise's default 4 s.
+    assert time.monotonic() - started < 15
+    assert all(r.path == "/" + PATH_TOKEN for r in requests)
+    if fault.name.startswith("429"):
+        assert requests[1].at - requests[0].at < 1.0  # Retry-After: 1 is not seen
+    if warnings:
+        assert "Apprise could not deliver to 1 of 1 URL(s) (json)" in warnings[0]
+    output = all_output(apprise_logs, capsys)
+    for secret in (loopback, PATH_TOKEN, PASSWORD, "127.0.0.1:"):
+        assert secret not in output

@@ -31,6 +31,7 @@ import notifier
 from conftest import all_output
 from http_server import FAULTS, Behaviour, Fault, HTTPServer, run_fault
 from notifier.cli import main
+from notifier.filters import MISSING
 from notifier.http import retry_after
 from tiny import TinyRegressor, make_trainer
 
@@ -62,8 +63,8 @@ def assert_within_limits(payload: dict[str, Any]) -> None:
         fields = item.get("fields", [])
         assert len(fields) <= MAX_FIELDS
         for field in fields:
-            assert 0 < units(field["name"]) <= FIELD_NAME_LIMIT
-            assert 0 < units(field["value"]) <= FIELD_VALUE_LIMIT
+            assert 0 < units(field["name"]) <= FIELD_NAME_LIMIT and field["name"].strip()
+            assert 0 < units(field["value"]) <= FIELD_VALUE_LIMIT and field["value"].strip()
         total += units(title) + units(description) + units(footer)
         total += sum(units(f["name"]) + units(f["value"]) for f in fields)
     assert total <= TOTAL_LIMIT
@@ -323,6 +324,31 @@ def test_fields_cap_at_25_with_a_marker() -> None:
         notifier.Message(event="evaluate", text="t", context={"metrics": {"n": "v" * 3000}})
     )
     assert units(item["fields"][0]["value"]) == FIELD_VALUE_LIMIT
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("loss", "   ", ("loss", MISSING)),
+        ("loss", "\t\n", ("loss", MISSING)),
+        ("loss", None, ("loss", MISSING)),
+        ("loss", "", ("loss", MISSING)),
+        (" ", 0.5, (MISSING, "0.5")),
+        ("\u3000", "ok", (MISSING, "ok")),  # an ideographic space is blank too
+        ("", "  ", (MISSING, MISSING)),
+        (" note ", " kept ", (" note ", " kept ")),  # not blank: sent as written
+    ],
+)
+def test_blank_field_names_and_values_are_shown_as_missing(
+    server: HTTPServer, webhook_url: str, name: str, value: Any, expected: tuple[str, str]
+) -> None:
+    """Discord answers 400 to a blank field name or value (then the plain fallback)."""
+    message = notifier.Message(event="evaluate", text="t\nb", context={"metrics": {name: value}})
+    DiscordBackend().send(message)
+    (request,) = server.wait_for(1)
+    assert_within_limits(request.json)
+    (field,) = request.json["embeds"][0]["fields"]
+    assert (field["name"], field["value"]) == expected
 
 
 @pytest.mark.parametrize(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -24,7 +24,7 @@ from notifier.context import sample_context
 from notifier.outbox import Outbox
 from notifier.secrets import redact
 from notifier.templates import EVENTS, Templates
-from smtp_server import PASSWORD, USER, Inbox, free_port
+from smtp_server import PASSWORD, USER, FaultServer, Inbox, free_port
 from tiny import make_trainer
 
 SENDER = "Trainer <trainer@example.org>"
@@ -100,14 +100,16 @@ def _certificate_with_cryptography(cert: Path, key: Path) -> None:
 
 @pytest.fixture
 def smtp_server(certificate: tuple[Path, Path]) -> Iterator[Callable[..., Server]]:
-    """Starts aiosmtpd servers: ``start(tls=..., auth=..., smtps=...)``; all stopped after."""
+    """Starts aiosmtpd servers: ``start(tls=, auth=, smtps=, utf8=)``; all stopped after."""
     controllers: list[Controller] = []
 
-    def start(*, tls: bool = False, auth: bool = False, smtps: bool = False) -> Server:
+    def start(
+        *, tls: bool = False, auth: bool = False, smtps: bool = False, utf8: bool = False
+    ) -> Server:
         inbox = Inbox()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(*certificate)
-        options: dict[str, Any] = {"server_hostname": "localhost"}
+        options: dict[str, Any] = {"server_hostname": "localhost", "enable_SMTPUTF8": utf8}
         if tls:
             options.update(tls_context=context, require_starttls=True)
         if smtps:
@@ -165,6 +167,13 @@ BASE = {"host": "smtp.example.org", "sender": SENDER, "to": TO}
         ({"to": []}, "SMTP_TO"),
         ({"to": ["ann@example.org", "nobody"]}, "user@example.org"),
         ({"to": ["ann@example.org\nBcc: x@example.org"]}, "line-break"),
+        ({"sender": "Evil <a@example.org>, c@example.org"}, "exactly one address"),
+        ({"sender": "a@example.org, c@example.org"}, "holds 2 addresses"),
+        ({"to": ["ann@example.org bob@example.net"]}, "separate several with commas"),
+        ({"to": ["ann@example.org", 42]}, "not a string"),
+        ({"to": "ann@-bad-ä.example"}, "not a valid internationalised domain name"),
+        ({"sender": "jörg@exa mple.org"}, "user@example.org"),  # not glued into example.org
+        ({"to": "ann@example.org bob"}, "separate several with commas"),
         ({"starttls": True, "ssl": True}, "choose one"),
         ({"username": USER}, "SMTP_PASSWORD"),
         ({"password": PASSWORD}, "SMTP_USERNAME"),
@@ -234,6 +243,39 @@ def test_every_option_comes_from_the_environment(
 def test_port_and_tls_defaults(options: dict[str, Any], expected: tuple[int, bool, bool]) -> None:
     backend = EmailBackend(**{**BASE, **options})
     assert (backend.port, backend.starttls, backend.ssl) == expected
+
+
+@pytest.mark.parametrize(
+    ("to", "expected"),
+    [
+        (["x@example.org, z@example.net"], ["x@example.org", "z@example.net"]),  # one item, two
+        ("x@example.org, z@example.net", ["x@example.org", "z@example.net"]),  # as SMTP_TO
+        (
+            ['"Smith, Bob" <bob@example.net>', "ann@example.org"],
+            ["bob@example.net", "ann@example.org"],
+        ),
+        (["Jörg <jorg@exämple.org>"], ["jorg@xn--exmple-cua.org"]),
+        (["ann@straße.de"], ["ann@xn--strae-oqa.de"]),  # IDNA 2008 keeps ß (2003 made strasse)
+        (["jörg@exämple.org"], ["jörg@xn--exmple-cua.org"]),  # the local part needs SMTPUTF8
+        (["ann@EXAMPLE.org"], ["ann@EXAMPLE.org"]),  # an ASCII domain is left as written
+    ],
+)
+def test_every_recipient_is_kept_and_domains_are_idna_encoded(
+    to: str | list[str], expected: list[str]
+) -> None:
+    backend = EmailBackend(**{**BASE, "to": to})
+    assert [addr for _, addr in backend.to] == expected
+    mail = backend.compose(message())
+    assert [a.addr_spec for a in mail["To"].addresses] == expected
+
+
+def test_sender_with_an_idn_domain_and_a_non_ascii_name() -> None:
+    backend = EmailBackend(**{**BASE, "sender": "Jörg Müller <bot@exämple.org>"})
+    assert backend.sender == ("Jörg Müller", "bot@xn--exmple-cua.org")
+    mail = backend.compose(message())
+    assert mail["Message-ID"].endswith("@xn--exmple-cua.org>")
+    headers = mail.as_bytes().split(b"\r\n\r\n", 1)[0]
+    assert headers.isascii() and b"=?utf-8?" in headers  # the name as an encoded word
 
 
 def test_subject_collapses_to_one_line() -> None:
@@ -334,6 +376,59 @@ def test_fallback_text_is_escaped_in_the_html_part(smtp_server: Callable[..., Se
     assert "&lt;b&gt;run&lt;/b&gt;" in parts_of(item.message)[1]
 
 
+# -- internationalised addresses -------------------------------------------------------------
+def test_idn_domains_travel_in_ascii_form_without_smtputf8(
+    smtp_server: Callable[..., Server],
+) -> None:
+    server = smtp_server()  # no SMTPUTF8: an ASCII local part does not need it
+    backend = backend_for(
+        server, sender="Jörg Müller <bot@exämple.org>", to=["ann@exämple.org, bob@example.net"]
+    )
+    backend.send(message())
+    (item,) = server.inbox.wait_for(1)
+    assert item.mail_from == "bot@xn--exmple-cua.org" and not item.smtputf8
+    assert item.rcpt_tos == ["ann@xn--exmple-cua.org", "bob@example.net"]
+    assert item.message["From"] == "Jörg Müller <bot@xn--exmple-cua.org>"
+    assert item.message["To"] == "ann@xn--exmple-cua.org, bob@example.net"
+
+
+def test_a_non_ascii_local_part_travels_with_smtputf8(
+    smtp_server: Callable[..., Server], tmp_path: Path, notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    server = smtp_server(utf8=True)
+    backend = backend_for(server, to=["Jörg <jörg@exämple.org>", "ann@example.org"])
+    callback = notifier.NotifierCallback([backend], events=["train_begin", "train_end"])
+    make_trainer(tmp_path / "run", [callback]).train()
+    assert callback.flush(10)
+    received = server.inbox.wait_for(2)
+    for item in received:
+        assert item.smtputf8 and item.mail_from == "trainer@example.org"
+        assert item.rcpt_tos == ["jörg@xn--exmple-cua.org", "ann@example.org"]
+        assert item.message["To"] == "Jörg <jörg@xn--exmple-cua.org>, ann@example.org"
+    assert received[1].message["Subject"] == "✅ Training finished: run"
+    assert callback.stats["email"] == {"sent": 2, "dropped": 0, "failed": 0}
+    assert not [r for r in notifier_logs.records if r.levelno >= logging.WARNING]
+
+
+def test_a_non_ascii_local_part_without_smtputf8_is_reported_once(
+    smtp_server: Callable[..., Server], notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    server = smtp_server()  # aiosmtpd's default: no SMTPUTF8
+    backend = backend_for(server, to=["jörg@exämple.org"])
+    with pytest.raises(notifier.ConfigurationError, match="does not offer SMTPUTF8"):
+        backend.check()
+    outbox = Outbox(backend, backoff=0.01)
+    outbox.put(message())
+    outbox.put(message())
+    assert outbox.flush(10)
+    assert outbox.disabled and (outbox.sent, outbox.failed) == (0, 1)
+    assert server.inbox.data_attempts == 0
+    warnings = [r.getMessage() for r in notifier_logs.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "'jörg@xn--exmple-cua.org' needs" in warnings[0] and "use an ASCII" in warnings[0]
+    assert "switched off" in warnings[0]
+
+
 # -- TLS and login ---------------------------------------------------------------------------
 def test_starttls_with_a_self_signed_certificate(
     smtp_server: Callable[..., Server], certificate: tuple[Path, Path]
@@ -419,46 +514,151 @@ def test_unfixable_errors_disable_the_backend(
 
 
 # -- faults ----------------------------------------------------------------------------------
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts connections (the kernel's backlog) and never says a word."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        yield int(listener.getsockname()[1])
+#: Attempts per message: the outbox's default max_attempts.
+ATTEMPTS = 5
 
 
-@pytest.mark.parametrize(
-    ("case", "retryable", "words"),
-    [
-        ("refused", True, "ConnectionRefusedError"),
-        ("silent", True, "did not answer within 0.3s"),
-        ("554", False, "554 5.7.1 rejected as spam"),
-        ("552", False, "552"),
-    ],
+@dataclass(frozen=True)
+class MailFault:
+    """One row of the fault table. ``server``: ``none`` (nothing listens), a FaultServer mode
+    (``silent``, ``reset``, ``greet_then_reset``, ``busy``) or ``smtp`` (aiosmtpd with TLS
+    and login, answering DATA with ``replies`` then ``always``). ``words`` must be in the
+    DeliveryError and the run's one warning; ``delivered`` of the run's two messages arrive."""
+
+    name: str
+    server: str
+    words: str
+    retryable: bool = True
+    replies: tuple[str, ...] = ()
+    always: str | None = None
+    delivered: int = 0
+
+    def attempts(self) -> int:
+        """Connections (or DATA commands, for ``smtp``) the run's two messages make."""
+        if self.delivered:
+            return 2 + len(self.replies)
+        return 2 * ATTEMPTS if self.retryable else 2
+
+
+MAIL_FAULTS = (
+    MailFault("refused", "none", "ConnectionRefusedError"),
+    MailFault("silent", "silent", "did not answer within 0.2s"),
+    MailFault("reset at connect", "reset", "Connection reset by peer"),
+    MailFault("reset after greeting", "greet_then_reset", "Connection reset by peer"),
+    MailFault("421 at greeting", "busy", "answered 421 4.3.2 too busy"),
+    MailFault(
+        "554 at DATA",
+        "smtp",
+        "554 5.7.1 rejected as spam",
+        False,
+        always="554 5.7.1 rejected as spam",
+    ),
+    MailFault(
+        "552 at DATA",
+        "smtp",
+        "552 5.3.4 message too big",
+        False,
+        always="552 5.3.4 message too big",
+    ),
+    MailFault(
+        "451 once",
+        "smtp",
+        "451 4.3.0 try again later",
+        replies=("451 4.3.0 try again later",),
+        delivered=2,
+    ),
 )
-def test_fault_table(
-    smtp_server: Callable[..., Server],
-    silent_port: int,
-    case: str,
-    retryable: bool,
-    words: str,
+
+
+@pytest.fixture
+def fault_backend(
+    smtp_server: Callable[..., Server], certificate: tuple[Path, Path]
+) -> Iterator[Callable[[MailFault], tuple[EmailBackend, Callable[[int], int]]]]:
+    """``make(fault)``: a backend (STARTTLS, login) on a server playing ``fault``, and a
+    function waiting until the server has seen n connections (DATA commands for ``smtp``)."""
+    started: list[FaultServer] = []
+
+    def make(fault: MailFault) -> tuple[EmailBackend, Callable[[int], int]]:
+        login = {"starttls": True, "cafile": certificate[0], "username": USER, "password": PASSWORD}
+        if fault.server == "smtp":
+            server = smtp_server(tls=True, auth=True)
+            server.inbox.replies, server.inbox.always = list(fault.replies), fault.always
+
+            def data_commands(count: int) -> int:
+                with server.inbox.cond:
+                    assert server.inbox.cond.wait_for(
+                        lambda: server.inbox.data_attempts >= count, 10
+                    )
+                    return server.inbox.data_attempts
+
+            return backend_for(server, **login), data_commands
+        if fault.server == "none":
+            return EmailBackend(
+                host="127.0.0.1", port=free_port(), timeout=5, **{**_plain, **login}
+            ), lambda n: n
+        raw = FaultServer(fault.server)
+        started.append(raw)
+        backend = EmailBackend(host="127.0.0.1", port=raw.port, timeout=0.2, **{**_plain, **login})
+        return backend, raw.wait_for
+
+    yield make
+    for raw in started:
+        raw.close()
+
+
+@pytest.mark.parametrize("fault", MAIL_FAULTS, ids=[f.name for f in MAIL_FAULTS])
+def test_fault_is_classified(
+    fault: MailFault, fault_backend: Callable[..., tuple[EmailBackend, Any]]
 ) -> None:
-    if case == "refused":
-        backend = EmailBackend(host="127.0.0.1", port=free_port(), **_plain)
-    elif case == "silent":
-        backend = EmailBackend(host="127.0.0.1", port=silent_port, timeout=0.3, **_plain)
-    else:
-        server = smtp_server()
-        reply = {"554": "554 5.7.1 rejected as spam", "552": "552 5.3.4 message too big"}[case]
-        server.inbox.replies = [reply]
-        backend = backend_for(server)
+    backend, _ = fault_backend(fault)
     started = time.monotonic()
     with pytest.raises(notifier.DeliveryError) as caught:
         backend.send(message())
-    assert caught.value.retryable is retryable and not caught.value.disable
-    assert words in str(caught.value)
+    assert caught.value.retryable is fault.retryable and not caught.value.disable
+    assert fault.words in str(caught.value)
+    assert PASSWORD not in str(caught.value)
     assert time.monotonic() - started < 3
+
+
+@pytest.fixture(scope="module")
+def baseline_loss(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The tiny model's training loss without any callback."""
+    return float(make_trainer(tmp_path_factory.mktemp("plain") / "run").train().training_loss)
+
+
+@pytest.mark.parametrize("fault", MAIL_FAULTS, ids=[f.name for f in MAIL_FAULTS])
+def test_fault_never_changes_training(
+    fault: MailFault,
+    fault_backend: Callable[..., tuple[EmailBackend, Callable[[int], int]]],
+    baseline_loss: float,
+    fast_retries: None,
+    tmp_path: Path,
+    notifier_logs: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    backend, seen = fault_backend(fault)
+    callback = notifier.NotifierCallback([backend], events=["train_begin", "train_end"])
+    trainer = make_trainer(tmp_path / "run", [callback])
+    result = trainer.train()
+    assert result.training_loss == baseline_loss and trainer.state.global_step == 8
+    assert callback.flush(30)
+    if fault.server != "none":
+        assert seen(fault.attempts()) == fault.attempts()
+    failed = 2 - fault.delivered
+    assert callback.stats["email"] == {"sent": fault.delivered, "dropped": 0, "failed": failed}
+    warnings = [
+        r.getMessage()
+        for r in notifier_logs.records
+        if r.levelno >= logging.WARNING and r.name.startswith("notifier")  # not aiosmtpd's
+    ]
+    if failed:
+        assert len(warnings) == 1, warnings
+        assert warnings[0].startswith(f"{backend.describe()}: could not deliver the train_begin")
+        assert fault.words in warnings[0]
+        assert ("after 5 attempts" in warnings[0]) is fault.retryable
+    else:
+        assert warnings == []
+    assert PASSWORD not in all_output(notifier_logs, capsys)
 
 
 @pytest.mark.parametrize("reply", ["421 4.3.2 shutting down", "451 4.3.0 try again later"])

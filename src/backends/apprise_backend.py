@@ -5,6 +5,10 @@ the backend is built. Apprise URLs carry their secrets anywhere in the URL (host
 path, user, query), so every piece of them is registered for scrubbing, Apprise's
 own log records made during our calls are scrubbed and shown only when notifier
 logs at DEBUG, and errors name a URL by its scheme alone.
+
+Apprise reports only whether a notification went out, never the service's answer:
+every failure is retried the same way (a 429's Retry-After cannot be honoured, a
+404 cannot be told from a 500). ``timeout`` sets Apprise's per-URL ``cto``/``rto``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import math
+import os
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -28,6 +34,7 @@ _ANY_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S+")
 # Whitespace always separates URLs; a comma only when a new scheme follows it, so
 # a comma inside a URL's query (mailto://…?to=a@x.org,b@x.org) is kept.
 _SEPARATOR = re.compile(r"\s+|,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_HAS_PARAM = {key: re.compile(rf"[?&]{key}=", re.IGNORECASE) for key in ("cto", "rto")}
 
 #: Set while this backend is inside Apprise (Apprise copies context into its threads).
 _IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("notifier_apprise", default=False)
@@ -83,6 +90,34 @@ def split_urls(value: str) -> list[str]:
     return [url for url in _SEPARATOR.split(value.strip()) if url]
 
 
+def with_timeout(url: str, timeout: float | None) -> str:
+    """``url`` with Apprise's ``cto`` (connect) and ``rto`` (read) timeouts set to ``timeout``
+    seconds, unless it is None or the URL sets them itself."""
+    if timeout is None:
+        return url
+    added = [f"{key}={timeout!r}" for key in ("cto", "rto") if not _HAS_PARAM[key].search(url)]
+    if not added:
+        return url
+    return url + ("&" if "?" in url else "?") + "&".join(added)
+
+
+def _timeout(value: float | str | None) -> float | None:
+    """The ``timeout`` option (or APPRISE_TIMEOUT): None keeps Apprise's own defaults."""
+    raw = value if value not in (None, "") else os.environ.get("APPRISE_TIMEOUT", "")
+    if raw in (None, ""):
+        return None
+    try:
+        seconds = -1.0 if isinstance(raw, bool) else float(raw)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigurationError(
+            f"apprise backend: timeout {raw!r} must be a positive number of seconds "
+            "(APPRISE_TIMEOUT)."
+        )
+    return seconds
+
+
 def scheme(url: str) -> str:
     """The scheme of ``url`` (the only part of it safe to show), or ``?``."""
     found = _SCHEME.match(url)
@@ -96,9 +131,17 @@ class AppriseBackend(notifier.Backend):
     description = "any service Apprise supports, by URL (ntfy, Telegram, Teams, …); extra"
     interval = 1.0
     burst = 5
+    env = {"urls": "APPRISE_URLS", "timeout": "APPRISE_TIMEOUT"}
 
-    def __init__(self, urls: str | Sequence[str] | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str] | None = None,
+        *,
+        timeout: float | str | None = None,
+        **options: Any,
+    ) -> None:
         check_options(self.name, options, set())
+        self.timeout = _timeout(timeout)
         if isinstance(urls, str):
             urls = split_urls(urls)
         if not urls:
@@ -125,7 +168,8 @@ class AppriseBackend(notifier.Backend):
         for number, url in enumerate(self.urls, 1):
             target = apprise.Apprise()
             with _calling_apprise():
-                accepted = target.add([url])  # a list: Apprise must not split the URL itself
+                # A list: Apprise must not split the URL itself.
+                accepted = target.add([with_timeout(url, self.timeout)])
             if not accepted:
                 raise ConfigurationError(
                     f"apprise backend: URL #{number} (scheme {scheme(url)}://) is not understood "
@@ -184,7 +228,8 @@ class AppriseBackend(notifier.Backend):
         if not failed:
             self._partial = None
             return
-        # Apprise reports only success or failure: a failure may be temporary.
+        # Apprise reports only success or failure, not the status: a failure may be
+        # temporary, and neither a 429's Retry-After nor a 404 can be seen here.
         raise DeliveryError(
             f"Apprise could not deliver to {len(failed)} of {len(self.urls)} URL(s) "
             f"({', '.join(failed)}); log notifier at DEBUG to see Apprise's report",

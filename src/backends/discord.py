@@ -190,8 +190,9 @@ def with_traceback(text: str, traceback: str, limit: int) -> str:
 
 
 def _value(value: Any) -> str:
+    """A field's value; None and blank text (Discord answers 400 to a blank field) show MISSING."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return escape(str(value)) if value not in (None, "") else MISSING
+        return MISSING if value is None or not str(value).strip() else escape(str(value))
     return escape(number(value))
 
 
@@ -211,7 +212,7 @@ def fields(message: notifier.Message) -> list[dict[str, Any]]:
                 )
     return [
         {
-            "name": trim(escape(name) or MISSING, FIELD_NAME_LIMIT),
+            "name": trim(escape(name) if name.strip() else MISSING, FIELD_NAME_LIMIT),
             "value": trim(_value(value), FIELD_VALUE_LIMIT),
             "inline": True,
         }

@@ -18,9 +18,11 @@ import smtplib
 import socket
 import ssl as _ssl
 from collections.abc import Sequence
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
-from email.utils import formataddr, formatdate, getaddresses, make_msgid, parseaddr
+from email.policy import SMTPUTF8 as SMTPUTF8_POLICY
+from email.utils import formatdate, getaddresses, make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -63,33 +65,84 @@ def _flag(value: bool | str | None, env: str) -> bool | None:
     )
 
 
-def _address(value: str, what: str) -> tuple[str, str]:
-    """Parse one address (``a@b.org`` or ``Name <a@b.org>``) into (name, addr), or raise."""
-    if not isinstance(value, str) or _CONTROL.search(value):
+def _addresses(value: object, what: str) -> list[tuple[str, str]]:
+    """Every address in ``value`` (``a@b.org``, ``Name <a@b.org>``, or several separated by
+    commas) as (name, addr), with an internationalised domain in its ASCII (``xn--``) form;
+    raise ``ConfigurationError`` naming the fix for anything else."""
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"email backend: {what} {value!r} is not a string; write it as user@example.org or "
+            "'Name <user@example.org>'."
+        )
+    if _CONTROL.search(value):
         raise ConfigurationError(
             f"email backend: {what} {value!r} is not a valid address (it holds a control or "
             "line-break character)."
         )
-    name, addr = parseaddr(value)
+    # getaddresses keeps a quoted display name holding a comma ("Smith, Bob" <b@x.org>) in
+    # one piece; parseaddr would silently keep only the first of several addresses.
+    pairs = [pair for pair in getaddresses([value]) if any(pair)]
+    if not pairs:
+        pairs = [("", value)]  # reported below
+    return [(name, _checked(addr, value, what)) for name, addr in pairs]
+
+
+def _checked(addr: str, value: str, what: str) -> str:
+    """``addr`` if it is one address, its domain IDNA-encoded; else raise with the fix."""
     local, at, domain = addr.rpartition("@")
-    if not (at and local and domain) or any(c.isspace() for c in addr):
+    # Python's lenient parser (before 3.13 and its backports) glues words together
+    # ("a@b.org c" becomes "a@b.orgc"): an address not written as such is refused.
+    if not (at and local and domain) or any(c.isspace() for c in addr) or addr not in value:
         raise ConfigurationError(
             f"email backend: {what} {value!r} is not an e-mail address; write it as "
-            "user@example.org or 'Name <user@example.org>'."
+            "user@example.org or 'Name <user@example.org>' (separate several with commas)."
         )
-    return name, addr
+    if domain.isascii():
+        return addr
+    try:
+        return f"{local}@{_idna(domain)}"
+    except UnicodeError as exc:
+        raise ConfigurationError(
+            f"email backend: {what} {value!r}: {domain!r} is not a valid internationalised "
+            f"domain name ({exc}); check its spelling, or write it in its xn-- form."
+        ) from None
+
+
+def _idna(domain: str) -> str:
+    """``domain`` in its ASCII form: IDNA 2008 (UTS #46) with the ``idna`` package when it is
+    installed (it comes with requests and httpx), else the standard library's IDNA 2003."""
+    try:
+        import idna
+    except ImportError:
+        return domain.encode("idna").decode("ascii")
+    return idna.encode(domain, uts46=True).decode("ascii")
+
+
+def _sender(value: str) -> tuple[str, str]:
+    found = _addresses(value, "sender")
+    if len(found) != 1:
+        raise ConfigurationError(
+            f"email backend: the sender {value!r} holds {len(found)} addresses "
+            f"({', '.join(addr for _, addr in found)}); SMTP_SENDER must be exactly one "
+            "address, like bot@example.org or 'Name <bot@example.org>'."
+        )
+    return found[0]
 
 
 def _recipients(value: str | Sequence[str] | None) -> list[tuple[str, str]]:
+    """Every recipient: ``value`` is one string (SMTP_TO: comma-separated) or a list whose
+    items may each hold several comma-separated addresses."""
     if value is None:
         return []
-    if isinstance(value, str):
-        if _CONTROL.search(value):
-            _address(value, "recipient")  # raises with the reason
-        # getaddresses keeps a quoted display name holding a comma in one piece.
-        pairs = [p for p in getaddresses([value]) if any(p)]
-        return [_address(formataddr(p), "recipient") for p in pairs]
-    return [_address(item, "recipient") for item in value]
+    items = [value] if isinstance(value, str) else list(value)
+    return [pair for item in items for pair in _addresses(item, "recipient")]
+
+
+def _header(pair: tuple[str, str]) -> Address:
+    """An address for the From/To headers (a non-ASCII local part needs the SMTPUTF8 policy)."""
+    name, addr = pair
+    local, _, domain = addr.rpartition("@")
+    return Address(display_name=name, username=local, domain=domain)
 
 
 class EmailBackend(notifier.Backend):
@@ -129,7 +182,7 @@ class EmailBackend(notifier.Backend):
                 "email backend: no sender (From address) given. Pass sender='bot@example.org' "
                 "or set the SMTP_SENDER (or SMTP_FROM) environment variable."
             )
-        self.sender = _address(str(sender), "sender")
+        self.sender = _sender(str(sender))
 
         to = to if to else option(None, "SMTP_TO", backend=self.name, what="recipients")
         self.to = _recipients(to)
@@ -138,6 +191,8 @@ class EmailBackend(notifier.Backend):
                 "email backend: no recipients. Pass to=['you@example.org'] or set SMTP_TO to a "
                 "comma-separated list."
             )
+        # A non-ASCII local part (jörg@…) can only travel with SMTPUTF8 (RFC 6531).
+        self.international = [a for _, a in [self.sender, *self.to] if not a.isascii()]
 
         self.username: str | None = username or _env("SMTP_USERNAME")
         self._password: str | None = password or _env("SMTP_PASSWORD")
@@ -220,10 +275,10 @@ class EmailBackend(notifier.Backend):
             # The callback's fallback after a template error puts the plain text in every
             # part: never send it as HTML unescaped.
             body = f'<pre style="white-space:pre-wrap">{html.escape(text)}</pre>'
-        mail = EmailMessage(policy=SMTP_POLICY)
+        mail = EmailMessage(policy=SMTPUTF8_POLICY if self.international else SMTP_POLICY)
         mail["Subject"] = subject
-        mail["From"] = formataddr(self.sender)
-        mail["To"] = ", ".join(formataddr(pair) for pair in self.to)
+        mail["From"] = _header(self.sender)
+        mail["To"] = [_header(pair) for pair in self.to]
         mail["Date"] = formatdate(localtime=True)
         # An explicit domain: make_msgid would otherwise call socket.getfqdn() (DNS).
         domain = self.sender[1].rpartition("@")[2] or "localhost"
@@ -326,6 +381,13 @@ class EmailBackend(notifier.Backend):
                     )
                 smtp.starttls(context=self._context)
                 smtp.ehlo()
+            if self.international and not smtp.has_extn("smtputf8"):
+                raise DeliveryError(
+                    f"{self.host}:{self.port} does not offer SMTPUTF8, which the address "
+                    f"{self.international[0]!r} needs (its part before the @ is not ASCII): use "
+                    "an ASCII address there, or a server that supports SMTPUTF8",
+                    disable=True,
+                )
             if self.username and self._password:
                 if not smtp.has_extn("auth"):
                     raise DeliveryError(
