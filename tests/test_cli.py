@@ -160,12 +160,39 @@ def test_configuration_errors_exit_2_with_the_fix(
     assert TOKEN not in err and "hooks.slack.com" not in err
 
 
-@pytest.mark.parametrize(("args", "expected"), [([], "required"), (["nonsense"], "invalid choice")])
-def test_usage_errors_exit_2(
-    args: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("args", "usage", "expected"),
+    [
+        ([], "usage: notifier [", "required"),
+        (["nonsense"], "usage: notifier [", "invalid choice"),
+        (["--bogus", "send"], "usage: notifier [", "unrecognized arguments: --bogus"),
+        # "x" is taken as TEXT and "hi" left over: the mistake is --bogus, said by `send`.
+        (
+            ["send", "--bogus", "x", "hi"],
+            "usage: notifier send ",
+            "error: unknown option(s) --bogus;",
+        ),
+        (
+            ["send", "--backnd", "slack", "hi"],
+            "usage: notifier send ",
+            "unknown option(s) --backnd (did you mean --backend?); see notifier send --help",
+        ),
+        (["send", "two", "words"], "usage: notifier send ", "unexpected argument(s): words"),
+        (
+            ["render", "train_end", "--parts=subject"],
+            "usage: notifier render ",
+            "unknown option(s) --parts (did you mean --part?)",
+        ),
+        (["check", "--bogus"], "usage: notifier check ", "unknown option(s) --bogus"),
+        (["run", "--bogus", "--", "true"], "usage: notifier run ", "unknown option(s) --bogus"),
+    ],
+)
+def test_usage_errors_exit_2_with_the_commands_usage(
+    args: list[str], usage: str, expected: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as caught:
         main(args)
     assert caught.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("usage: notifier") and expected in err
+    assert err.startswith(usage) and expected in err, err
+    assert "unrecognized arguments: --bogus hi" not in err

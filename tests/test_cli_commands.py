@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import socket
@@ -60,9 +61,42 @@ def test_render_train_end_prints_a_realistic_message(capsys: pytest.CaptureFixtu
         "2100 steps, 3 epochs in 31m 37s on gpu-node-07",
         "Final: train_loss 0.2512",
         "Eval: eval_loss 0.2874 · eval_accuracy 0.9128",
-        "Best: 0.2874 at runs/bert-base-sst2/checkpoint-1400",
+        "Best: eval_loss 0.2874 at runs/bert-base-sst2/checkpoint-1400",  # names the metric
         "Output: runs/bert-base-sst2",
     ]
+
+
+def test_render_alert_sample_shows_the_value_it_alerts_about(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["render", "alert"]) == 0
+    headline, rule, _, train, *_ = capsys.readouterr().out.splitlines()
+    assert headline.startswith("⚠️ bert-base-sst2: NaN in grad_norm at step 1400")
+    assert rule == "Rule: grad_norm is NaN"
+    assert "grad_norm NaN" in train  # not a finite grad_norm beside a NaN alert about it
+
+
+def test_the_sample_has_the_names_a_real_run_has(tmp_path: Path) -> None:
+    from transformers import TrainerState, TrainingArguments
+
+    from notifier.context import CONTEXT_NAMES, RunTracker, sample_context
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        load_best_model_at_end=True,  # metric_for_best_model: "loss"
+        use_cpu=True,
+        report_to=[],
+    )
+    tracker = RunTracker()
+    tracker.begin(args, TrainerState())
+    real = tracker.context("train_end")
+    assert real["metric_for_best_model"] == "eval_loss"  # as the Trainer compares it
+    assert set(real) == set(sample_context("train_end")) == set(CONTEXT_NAMES)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[])
+    tracker.begin(args, TrainerState())
+    assert tracker.context("train_end")["metric_for_best_model"] is None
 
 
 @pytest.mark.parametrize(
@@ -229,7 +263,21 @@ def test_send_failures_exit_1_with_the_reason(
     ("args", "unset", "expected"),
     [
         (["--backend", "slack"], "SLACK_CHANNEL", "no channel given"),
-        (["--backend", "slack", "--option", "colour=blue"], "", "unknown option(s) colour"),
+        (
+            ["--backend", "slack", "--option", "colour=blue"],
+            "",
+            "slack backend: unknown option(s) colour; accepted: channel, token, base_url,",
+        ),
+        (
+            ["--backend", "slack", "--option", "chanel=#x"],
+            "",
+            "unknown option(s) chanel (did you mean channel?); accepted: channel, token,",
+        ),
+        (
+            ["--backend", "console", "--option", "colour=blue"],
+            "",
+            "console backend: unknown option(s) colour; accepted: stream.",
+        ),
         (["--backend", "slack", "--option", TOKEN], "", "--option takes KEY=VALUE"),
         (["--backend", "slack", "--option", "timeout=fast"], "", "timeout must be a number"),
         (["--backend", "slak"], "", "unknown backend 'slak'. Did you mean 'slack'?"),
@@ -239,7 +287,16 @@ def test_send_failures_exit_1_with_the_reason(
             "say which one it is for: --option slack.channel=…",
         ),
     ],
-    ids=["no-channel", "unknown-option", "no-equals", "bad-type", "unknown-backend", "ambiguous"],
+    ids=[
+        "no-channel",
+        "unknown-option",
+        "misspelt-option",
+        "console-option",
+        "no-equals",
+        "bad-type",
+        "unknown-backend",
+        "ambiguous",
+    ],
 )
 def test_send_configuration_errors_exit_2_with_the_fix(
     args: list[str],
@@ -537,13 +594,56 @@ def test_run_messages_carry_plain_values_for_webhooks(
 
 
 def test_run_defaults_to_the_configured_backends(
-    slack: SlackServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    slack: SlackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "notifier.toml").write_text(
         '[backends.slack]\nchannel = "#from-file"\n', encoding="utf-8"
     )
+    monkeypatch.delenv("SLACK_CHANNEL")  # set, it would override the file's channel
     assert main(["run", PY, "-c", "pass"]) == 0  # no "--": allowed when unambiguous
     assert [r.body["channel"] for r in slack.posted()] == ["#from-file", "#from-file"]
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "channel"),
+    [
+        ({}, [], "#from-file"),
+        ({"SLACK_CHANNEL": "#from-env"}, [], "#from-env"),
+        ({"SLACK_CHANNEL": "#from-env"}, ["--option", "channel=#from-cli"], "#from-cli"),
+    ],
+    ids=["file", "environment-beats-file", "command-line-beats-environment"],
+)
+def test_send_options_come_from_the_command_line_then_the_environment_then_the_file(
+    env: dict[str, str],
+    args: list[str],
+    channel: str,
+    slack: SlackServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "notifier.toml").write_text(
+        '[backends.slack]\nchannel = "#from-file"\n', encoding="utf-8"
+    )
+    monkeypatch.delenv("SLACK_CHANNEL")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["send", *args, "hi"]) == 0
+    assert capsys.readouterr().out == f"sent to slack {channel}\n"
+    assert [r.body["channel"] for r in slack.posted()] == [channel]
+
+
+def test_send_names_the_file_and_key_of_an_unknown_option(
+    slack: SlackServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "notifier.toml"
+    config.write_text('[backends.slack]\nchanel = "#x"\n', encoding="utf-8")
+    assert main(["send", "hi"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"notifier: {config}: backends.slack.chanel is not an option of the slack backend. "
+        "Did you mean 'channel'? Options: channel, token,"
+    )
+    assert slack.requests == []
 
 
 @pytest.mark.parametrize(
@@ -674,6 +774,47 @@ def test_check_without_configuration_checks_the_console(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("no backend configured") and out[0].endswith("the default, console")
     assert out[1].startswith("console  OK")
+
+
+PROGRESS_ROUTE = """
+backends = ["console"]
+events = ["train_begin", "train_end"]
+
+[routes]
+console = ["progress", "train_end"]
+"""
+
+
+def test_check_rejects_what_the_callback_rejects(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "notifier.toml"
+    config.write_text(PROGRESS_ROUTE, encoding="utf-8")
+    assert main(["check"]) == 2
+    captured = capsys.readouterr()
+    problem = f"{config}: routes.console names 'progress', which cannot be chosen"
+    assert captured.err.startswith(f"notifier: {problem}")
+    assert "OK" not in captured.out
+    with pytest.raises(notifier.ConfigurationError, match=re.escape(problem)):
+        notifier.NotifierCallback()
+    config.write_text(PROGRESS_ROUTE.replace('"progress", ', ""), encoding="utf-8")
+    assert main(["check"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("console  OK")
+    notifier.NotifierCallback().flush()
+
+
+def test_check_reports_what_the_callback_would_refuse_or_ignore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notifier.toml").write_text(
+        'plots = true\n[routes]\nemail = ["train_error"]\n', encoding="utf-8"
+    )
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["check", "--backend", "console"]) == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "note: routes.email is ignored: email is not among the backends (console)"
+    assert out[2].startswith("plots    FAILED  ") and "matplotlib" in out[2]
+    assert out[3].startswith("console  OK")
 
 
 def test_check_with_an_invalid_configuration_file_exits_2(

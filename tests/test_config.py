@@ -9,10 +9,13 @@ from typing import Any
 
 import pytest
 
+import notifier
 from conftest import TOKEN
 from notifier import ConfigurationError
 from notifier.alerts import AlertRules
+from notifier.backend import check_options
 from notifier.config import Config, load_config
+from notifier.plugins import BackendInfo, default_registry
 from slack_server import SlackServer
 
 SAMPLE = """
@@ -230,6 +233,7 @@ def test_notifier_templates_is_relative_to_the_working_directory(tmp_path: Path)
     ("env", "fragment"),
     [
         ({"NOTIFIER_EVENTS": "train_begin,epoch_ends"}, "Did you mean 'epoch_end'?"),
+        ({"NOTIFIER_EVENTS": "train_begin,progress"}, "'progress', which cannot be chosen"),
         ({"NOTIFIER_FLUSH_TIMEOUT": "ten"}, "NOTIFIER_FLUSH_TIMEOUT='ten' must be a number"),
         ({"NOTIFIER_FLUSH_TIMEOUT": "-1"}, "must be a number of seconds >= 0"),
         ({"NOTIFIER_FLUSH_TIMEOUT": "nan"}, "must be a number of seconds >= 0"),
@@ -264,11 +268,20 @@ def test_a_misspelt_variable_is_pointed_out(
             "backends.slack.webhook_url",
             "SLACK_WEBHOOK_URL",
         ),
-        ('[backends.email]\npassword = "{s}"\n', "backends.email.password", "email backend"),
+        ('[backends.email]\npassword = "{s}"\n', "backends.email.password", "SMTP_PASSWORD"),
         ('[backends.email]\nsmtp_password = "{s}"\n', "backends.email.smtp_password", "email"),
-        ('[backends.webhook]\nurl = "{s}"\n', "backends.webhook.url", "webhook backend"),
-        ('[backends.apprise]\nurls = ["{s}"]\n', "backends.apprise.urls", "apprise"),
-        ('[backends.webhook.headers]\nX = "{s}"\n', "backends.webhook.headers", "webhook"),
+        ('[backends.webhook]\nurl = "{s}"\n', "backends.webhook.url", "NOTIFIER_WEBHOOK_URL"),
+        ('[backends.apprise]\nurls = ["{s}"]\n', "backends.apprise.urls", "APPRISE_URLS"),
+        (
+            '[backends.webhook.headers]\nX = "{s}"\n',
+            "backends.webhook.headers",
+            "NOTIFIER_WEBHOOK_HEADERS",
+        ),
+        (
+            '[backends.discord]\nwebhook_url = "{s}"\n',
+            "backends.discord.webhook_url",
+            "set the DISCORD_WEBHOOK_URL environment variable instead",
+        ),
         ('[backends.x]\nopts = {{ api_secret = "{s}" }}\n', "backends.x.opts.api_secret", "x"),
         ('[backends.discord]\nBot_Token = "{s}"\n', "backends.discord.Bot_Token", "discord"),
         ('token = "{s}"\n', "token", "the backend that needs it"),
@@ -308,6 +321,22 @@ def test_unknown_keys_raise_with_a_suggestion(tmp_path: Path, text: str, fragmen
     assert fragment in error(tmp_path, text)
 
 
+CHOSEN = "names 'progress', which cannot be chosen: it goes to the backends that ask for it"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('events = ["train_begin", "progress"]\n', f"events {CHOSEN}"),
+        ('[routes]\nconsole = ["progress", "train_end"]\n', f"routes.console {CHOSEN}"),
+        ("[throttle.progress]\nmin_interval = 5\n", "throttle.progress cannot be throttled here"),
+    ],
+)
+def test_progress_cannot_be_chosen_in_the_file(tmp_path: Path, text: str, message: str) -> None:
+    # NotifierCallback rejects it: reading the file must too, naming the file and the key.
+    assert error(tmp_path, text).startswith(f"{tmp_path / 'notifier.toml'}: {message}")
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
@@ -333,6 +362,8 @@ def test_unknown_keys_raise_with_a_suggestion(tmp_path: Path, text: str, fragmen
         ("[throttle.evaluate]\nevery_n_epochs = 2\n", "applies to epoch_end only"),
         ("[throttle.epoch_end]\nevery_n_epochs = 0\n", "must be an integer >= 1"),
         ("[throttle.save]\nmin_interval = -5\n", "throttle.save.min_interval must be a number"),
+        # NotifierCallback refuses 0 too: the file must not accept what the callback rejects
+        ("[throttle.save]\nmin_interval = 0\n", "throttle.save.min_interval must be a number"),
         ("throttle = 5\n", "throttle must be a table"),
         ('[routes]\nconsole = "train_end"\n', "routes.console must be a list of names"),
         ('[routes]\nconsole = ["train_ends"]\n', "routes.console names an unknown event"),
@@ -360,7 +391,10 @@ def test_backends_as_a_list(tmp_path: Path) -> None:
 
 
 # -- building backends --------------------------------------------------------------------
-def test_build_backends_applies_the_file_options(tmp_path: Path, slack_env: SlackServer) -> None:
+def test_build_backends_applies_the_file_options(
+    tmp_path: Path, slack_env: SlackServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SLACK_CHANNEL")  # the environment would win (see below)
     write(
         tmp_path / "notifier.toml", '[backends.slack]\nchannel = "#from-file"\n[backends.console]\n'
     )
@@ -375,9 +409,179 @@ def test_build_backends_applies_the_file_options(tmp_path: Path, slack_env: Slac
     assert Config().build_backends() is None  # nothing chosen: the callback's default
 
 
-def test_build_backends_names_the_file_when_an_option_is_wrong(tmp_path: Path) -> None:
-    source = write(tmp_path / "notifier.toml", '[backends.console]\ncolour = "red"\n')
+EMAIL_FILE = """
+[backends.email]
+host = "file.example.org"
+sender = "file@example.org"
+to = "team@example.org"
+starttls = false
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ('[backends.slack]\nchannel = "#file"\n', {}, {"channel": "#file"}),
+        (
+            '[backends.slack]\nchannel = "#file"\nblocks = false\n',
+            {"SLACK_CHANNEL": "#env"},
+            {"channel": "#env", "use_blocks": "False"},  # an option without a variable applies
+        ),
+        (
+            EMAIL_FILE,
+            {"SMTP_HOST": "env.example.org", "SMTP_FROM": "env@example.org"},
+            {"host": "env.example.org", "sender": "env@example.org", "to": "team@example.org"},
+        ),
+        (EMAIL_FILE, {"SMTP_STARTTLS": "1"}, {"host": "file.example.org", "starttls": "True"}),
+        (EMAIL_FILE, {"SMTP_HOST": ""}, {"host": "file.example.org"}),  # empty counts as unset
+    ],
+    ids=["slack-file", "slack-env-wins", "email-env-wins", "email-flag", "empty-is-unset"],
+)
+def test_environment_variables_override_the_files_backend_options(
+    text: str,
+    env: dict[str, str],
+    expected: dict[str, str],
+    tmp_path: Path,
+    slack_env: SlackServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 5: "NotifierCallback() with no arguments uses it, environment variables override it".
+    for name in ("SLACK_CHANNEL", "SMTP_HOST", "SMTP_SENDER", "SMTP_FROM", "SMTP_STARTTLS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    write(tmp_path / "notifier.toml", text)
+    (backend,) = load(tmp_path).build_backends() or []
+    for attribute, value in expected.items():
+        assert value in str(getattr(backend, attribute)), attribute
+
+
+def test_an_explicit_option_still_beats_the_environment(
+    tmp_path: Path, slack_env: SlackServer
+) -> None:
+    from notifier.plugins import get_backend
+
+    assert get_backend("slack", channel="#explicit").describe() == "slack #explicit"
+    write(tmp_path / "notifier.toml", '[backends.slack]\nchannel = "#file"\n')
+    (slack,) = load(tmp_path).build_backends() or []
+    assert slack.describe() == "slack #train"  # SLACK_CHANNEL, from slack_env
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[backends.slack]\nchanel = "#x"\n',
+            "backends.slack.chanel is not an option of the slack backend. Did you mean "
+            "'channel'? Options: channel, token, base_url,",
+        ),
+        (
+            '[backends.console]\ncolour = "red"\n',
+            "backends.console.colour is not an option of the console backend. Options: stream.",
+        ),
+        (
+            '[backends.email]\nhots = "x"\n',
+            "backends.email.hots is not an option of the email backend. Did you mean 'host'? "
+            "Options: host, port, sender,",
+        ),
+    ],
+    ids=["slack", "console", "email"],
+)
+def test_build_backends_names_the_file_and_key_of_an_unknown_option(
+    text: str, message: str, tmp_path: Path
+) -> None:
+    source = write(tmp_path / "notifier.toml", text)
     with pytest.raises(ConfigurationError) as info:
         load(tmp_path).build_backends()
-    assert "console backend: unknown option(s) colour" in str(info.value)
+    assert str(info.value).startswith(f"{source}: {message}")
+
+
+class Legacy(notifier.Backend):
+    """A plugin taking an option only through **options, checked the older way."""
+
+    name = "legacy"
+
+    def __init__(self, **options: Any) -> None:
+        check_options(self.name, options, {"colour"})
+        self.colour = options.get("colour")
+
+
+class Modern(notifier.Backend):
+    """A plugin that lets check_options read its signature."""
+
+    name = "modern"
+
+    def __init__(self, channel: str = "", *, timeout: float = 1.0, **options: Any) -> None:
+        check_options(self, options)
+        self.channel = channel
+
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Legacy and Modern registered by name, as an installed plugin would be."""
+    for cls in (Legacy, Modern):
+        monkeypatch.setitem(
+            default_registry()._backends, cls.name, BackendInfo(cls.name, cls, "tests")
+        )
+
+
+@pytest.mark.parametrize(
+    ("text", "attribute", "value"),
+    [
+        ('[backends.legacy]\ncolour = "red"\n', "colour", "red"),
+        ("[backends.modern]\n", "channel", ""),
+    ],
+)
+def test_a_plugins_own_options_are_honoured(
+    text: str, attribute: str, value: str, tmp_path: Path, plugins: None
+) -> None:
+    write(tmp_path / "notifier.toml", text)
+    (backend,) = load(tmp_path).build_backends() or []
+    assert getattr(backend, attribute) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[backends.legacy]\ncolor = "red"\n',
+            "backends.legacy.color is not an option of the legacy backend. Did you mean "
+            "'colour'? Options: colour.",
+        ),
+        (
+            '[backends.modern]\nchanel = "#x"\n',
+            "backends.modern.chanel is not an option of the modern backend. Did you mean "
+            "'channel'? Options: channel, timeout.",
+        ),
+    ],
+)
+def test_a_plugins_unknown_option_names_the_file_and_key(
+    text: str, message: str, tmp_path: Path, plugins: None
+) -> None:
+    source = write(tmp_path / "notifier.toml", text)
+    with pytest.raises(ConfigurationError) as info:
+        load(tmp_path).build_backends()
+    assert str(info.value) == f"{source}: {message}"
+
+
+def test_check_options_reads_the_signature_when_given_the_backend() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Modern(chanel="#x", tmeout=2)
+    assert str(info.value) == (
+        "modern backend: unknown option(s) chanel (did you mean channel?), tmeout (did you "
+        "mean timeout?); accepted: channel, timeout."
+    )
+    with pytest.raises(
+        ConfigurationError, match=r"unknown option\(s\) color \(did you mean colour"
+    ):
+        Legacy(color="red")
+
+
+def test_build_backends_names_the_file_when_an_option_value_is_wrong(
+    tmp_path: Path, slack_env: SlackServer
+) -> None:
+    source = write(tmp_path / "notifier.toml", '[backends.slack]\ntimeout = "soon"\n')
+    with pytest.raises(ConfigurationError) as info:
+        load(tmp_path).build_backends()
+    assert "slack backend: timeout must be a number of seconds" in str(info.value)
     assert f"(options from {source})" in str(info.value)

@@ -259,6 +259,40 @@ def test_plugin_whose_hook_raises_does_not_stop_the_others(
     assert {"console", "slack", "echo"} <= set(registry.names())
 
 
+class DupOk(notifier.Backend):
+    """A valid backend a broken plugin registers before failing."""
+
+    name = "dupok"
+
+
+def _raise_after_registering(register: Any) -> None:
+    register(DupOk)
+    raise RuntimeError("exploded halfway")
+
+
+def _register_junk_after(register: Any) -> None:
+    register(DupOk)
+    register("not a backend")
+
+
+@pytest.mark.parametrize(
+    ("hook", "reason"),
+    [(_raise_after_registering, "exploded halfway"), (_register_junk_after, "Backend subclass")],
+    ids=["raises", "registers-junk"],
+)
+def test_plugin_failing_halfway_registers_nothing(
+    hook: Callable[[Any], None], reason: str, notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    registry = fresh_registry(("halfway", "halfway-dist", plugin_module("halfway", hook)))
+    warnings = warnings_from(notifier_logs)
+    assert len(warnings) == 1, warnings
+    assert "'halfway'" in warnings[0] and "is skipped" in warnings[0] and reason in warnings[0]
+    assert "dupok" not in registry.names()
+    with pytest.raises(notifier.ConfigurationError, match="unknown backend 'dupok'"):
+        registry.get("dupok")
+    assert {"console", "slack", "echo"} <= set(registry.names())
+
+
 # -- choosing a backend by name --------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "suggestion"),

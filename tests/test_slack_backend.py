@@ -7,8 +7,11 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from notifier_backends.slack import BAD_LAYOUT, HEADER_LIMIT, MAX_FIELDS, SECTION_LIMIT, blocks
+from slack_sdk import WebClient
+from transformers import EvalPrediction
 
 import notifier
 from conftest import TOKEN
@@ -84,6 +87,103 @@ def test_options_override_the_environment(slack_env: SlackServer) -> None:
 
 
 WEBHOOK = "https://hooks.slack.com/services/T000/B000/XXXXSECRETXXXX"
+
+
+# -- which mode: bot token or incoming webhook ------------------------------------------------
+BOTH = ("SLACK_BOT_TOKEN", "SLACK_CHANNEL", "SLACK_WEBHOOK_URL")
+
+
+@pytest.mark.parametrize(
+    ("env", "options", "mode"),
+    [
+        (BOTH, {}, "bot"),  # a complete bot configuration beats the webhook variable
+        (BOTH, {"thread": True}, "bot"),
+        (BOTH, {"deadman": True, "card": True}, "bot"),
+        (("SLACK_CHANNEL", "SLACK_WEBHOOK_URL"), {}, "webhook"),  # the bot half-configured
+        (("SLACK_BOT_TOKEN", "SLACK_WEBHOOK_URL"), {}, "webhook"),
+        (("SLACK_WEBHOOK_URL",), {"channel": "#train", "token": TOKEN}, "bot"),  # options win
+        (("SLACK_BOT_TOKEN", "SLACK_CHANNEL"), {"webhook_url": "server"}, "webhook"),
+        (BOTH, {"webhook_url": "server"}, "webhook"),
+        (BOTH, {"webhook_url": "server", "token": TOKEN, "thread": True}, "bot"),
+    ],
+)
+def test_the_mode_follows_options_then_a_complete_bot_configuration(
+    env: tuple[str, ...],
+    options: dict[str, Any],
+    mode: str,
+    slack_server: SlackServer,
+    monkeypatch: pytest.MonkeyPatch,
+    notifier_logs: pytest.LogCaptureFixture,
+) -> None:
+    values = {
+        "SLACK_BOT_TOKEN": TOKEN,
+        "SLACK_CHANNEL": "#train",
+        "SLACK_WEBHOOK_URL": slack_server.webhook_url,
+    }
+    for name in env:
+        monkeypatch.setenv(name, values[name])
+    monkeypatch.setenv("SLACK_BASE_URL", slack_server.base_url)
+    if options.get("webhook_url") == "server":
+        options = {**options, "webhook_url": slack_server.webhook_url}
+    backend = get_backend("slack", **options)
+    backend.send(message())
+    request = slack_server.wait_for(
+        1, "chat.postMessage" if mode == "bot" else webhook_path(slack_server)
+    )[0]
+    if mode == "bot":
+        assert request.path == "/api/chat.postMessage"
+        assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+        assert backend.describe() == "slack #train"
+    else:
+        assert request.path == webhook_path(slack_server)
+        assert backend.describe() == "slack (incoming webhook)"
+    chosen = [r.getMessage() for r in notifier_logs.records if "mode (" in r.getMessage()]
+    assert len(chosen) == 1 and chosen[0].startswith(
+        f"slack backend: {'bot-token' if mode == 'bot' else 'incoming webhook'} mode"
+    )
+    assert notifier_logs.records[0].levelno == logging.DEBUG
+    if mode == "bot" and "SLACK_WEBHOOK_URL" in env and not options:
+        assert "SLACK_WEBHOOK_URL is set too and not used" in chosen[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        (("SLACK_WEBHOOK_URL",), "SLACK_BOT_TOKEN and SLACK_CHANNEL are not set"),
+        (("SLACK_WEBHOOK_URL", "SLACK_CHANNEL"), "(SLACK_BOT_TOKEN is not set)"),
+        (("SLACK_WEBHOOK_URL", "SLACK_BOT_TOKEN"), "(SLACK_CHANNEL is not set)"),
+    ],
+)
+def test_a_bot_only_feature_with_the_webhook_variable_names_what_is_missing(
+    env: tuple[str, ...], missing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = {"SLACK_BOT_TOKEN": TOKEN, "SLACK_CHANNEL": "#train", "SLACK_WEBHOOK_URL": WEBHOOK}
+    for name in env:
+        monkeypatch.setenv(name, values[name])
+    with pytest.raises(ConfigurationError) as caught:
+        get_backend("slack", thread=True)
+    text = str(caught.value)
+    assert "thread=True needs the bot-token mode" in text and missing in text
+    assert "SECRET" not in text and TOKEN not in text
+
+
+# -- a ready WebClient -----------------------------------------------------------------------
+def test_a_given_client_is_used_through_a_copy_left_untouched(slack_server: SlackServer) -> None:
+    other = "xoxb-222222222222-2222222222222-CLIENTCLIENTCLIENT"
+    client = WebClient(token=other, base_url=slack_server.base_url)
+    handlers = client.retry_handlers
+    before = list(handlers)
+    backend = get_backend("slack", channel="#train", client=client, max_attempts=2)
+    assert client.retry_handlers is handlers and client.retry_handlers == before
+    # Our handlers are on the copy: a 500 is retried (the client's own would not retry it).
+    slack_server.script(Behaviour("status", status=500))
+    backend.send(message())
+    first, second = slack_server.wait_for(2)
+    for request in (first, second):
+        assert request.path == "/api/chat.postMessage"  # the client's base_url
+        assert request.headers["Authorization"] == f"Bearer {other}"  # and its token
+    assert client.retry_handlers is handlers and client.retry_handlers == before
+    assert other in backend.secrets()
 
 
 @pytest.mark.parametrize(
@@ -190,7 +290,7 @@ def test_block_kit_layout(msg: Message, header: str, body: str | None, fields: i
     assert sum(len(f) for f in field_blocks) == fields
     if msg.event == "train_end":
         texts = [f["text"] for f in field_blocks[0]]
-        assert texts == ["*loss*\n0.25", "*eval_loss*\n0.5"]  # epoch and total_flos left out
+        assert texts == ["*eval_loss*\n0.5", "*loss*\n0.25"]  # epoch and total_flos left out
 
 
 def test_every_message_of_a_real_run_has_valid_blocks(
@@ -210,6 +310,45 @@ def test_every_message_of_a_real_run_has_valid_blocks(
     ]
     assert any(text.startswith("*loss*\n") for text in epoch_fields)
     assert any(text.startswith("*eval_loss*\n") for text in epoch_fields)
+
+
+def five_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    """Four evaluation metrics besides eval_loss, as a compute_metrics would give."""
+    predictions, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
+    error = predictions - labels
+    return {
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt((error**2).mean())),
+        "max_error": float(np.abs(error).max()),
+        "bias": float(error.mean()),
+    }
+
+
+def test_the_fields_show_every_eval_metric_and_no_bookkeeping(
+    slack_server: SlackServer, tmp_path: Path
+) -> None:
+    backend = get_backend("slack", channel="#train", token=TOKEN, base_url=slack_server.base_url)
+    callback = notifier.NotifierCallback([backend], events=["epoch_end", "train_end"])
+    trainer = make_trainer(tmp_path / "run", [callback], eval_strategy="epoch")
+    trainer.compute_metrics = five_metrics
+    trainer.train()
+    assert callback.flush(10)
+    requests = slack_server.wait_for(3)
+    evals = ["eval_loss", "eval_mae", "eval_rmse", "eval_max_error", "eval_bias"]
+    for request in requests:
+        names = [
+            f["text"].split("\n")[0].strip("*")
+            for b in request.body["blocks"]
+            if "fields" in b
+            for f in b["fields"]
+        ]
+        assert 0 < len(names) <= MAX_FIELDS
+        assert names[: len(evals)] == evals  # evaluation first, none cut off
+        for name in names:
+            assert not name.endswith(("_runtime", "_per_second")), name
+            assert name not in ("epoch", "total_flos", "step"), name
+    final = requests[-1].body["text"]
+    assert final.startswith("✅ Training finished: run")
 
 
 # -- Slack's answers -------------------------------------------------------------------------

@@ -218,7 +218,7 @@ def test_card_states(
     assert_valid_blocks(layout)
     if stage == "final":
         fields = [f["text"] for b in layout if "fields" in b for f in b["fields"]]
-        assert fields == ["*loss*\n0.5", "*eval_loss*\n0.25"]  # no runtime bookkeeping
+        assert fields == ["*eval_loss*\n0.25", "*loss*\n0.5"]  # eval first, no bookkeeping
 
 
 def test_values_in_the_card_are_escaped() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from slack_sdk import WebClient
 import notifier
 from conftest import TOKEN, all_output
 from notifier import ConfigurationError, Message, get_backend
+from notifier.run import run_command
 from scripts import runner
 from slack_server import Behaviour, SlackServer, channel_id
 from tiny import TinyRegressor, make_trainer
@@ -259,3 +263,27 @@ def test_deadman_options_are_checked(
     options = {"deadman": True, **options}
     with pytest.raises(ConfigurationError, match=problem):
         get_backend("slack", channel="#c", token=TOKEN, base_url=slack_server.base_url, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"card": True}, {"thread": True, "card": True}],
+    ids=["deadman", "card", "thread"],
+)
+def test_notifier_run_says_card_and_deadman_are_for_training(
+    options: dict[str, Any], slack_server: SlackServer, notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    backend = slack(slack_server, **options)
+    command = [sys.executable, "-c", "pass"]
+    assert run_command(command, [backend], stderr=io.StringIO()) == 0
+    assert run_command(command, [backend], stderr=io.StringIO()) == 0
+    texts = [t.split(":")[0] for t in slack_server.texts()]
+    assert texts == ["▶️ Started", "✅ Finished"] * 2  # no card was posted
+    assert slack_server.count("chat.scheduleMessage") == 0
+    assert slack_server.count("chat.update") == 0
+    warnings = [r.getMessage() for r in notifier_logs.records if r.levelno == logging.WARNING]
+    said = "card and deadman apply" if options.get("card") else "deadman applies"
+    assert warnings == [  # once per backend, not once per command
+        f"slack #train: {said} to training runs only (NotifierCallback): notifier run sends "
+        "its start and end, with no progress to show or heartbeat to watch"
+    ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from notifier_backends.slack import STATE_DIR, STATE_FILE, SlackBackend
 import notifier
 from conftest import TOKEN, all_output
 from notifier import ConfigurationError, DeliveryError, Message, get_backend
+from notifier.run import run_command
 from slack_server import Behaviour, SlackServer, channel_id
 from tiny import make_trainer
 
@@ -206,6 +209,23 @@ def test_a_refused_layout_in_a_reply_keeps_the_thread(
     assert "blocks" in refused.body and "blocks" not in resent.body
     assert resent.body["thread_ts"] == "1700000000.000001"
     assert resent.body["reply_broadcast"] is True
+
+
+@pytest.mark.parametrize(
+    ("code", "headline"), [(0, "✅ Finished"), (3, "❌ Failed with exit code 3")]
+)
+def test_notifier_run_is_one_thread_and_its_end_is_broadcast(
+    code: int, headline: str, slack_server: SlackServer
+) -> None:
+    command = [sys.executable, "-c", f"import sys; sys.exit({code})"]
+    err = io.StringIO()
+    assert run_command(command, [slack(slack_server, thread=True)], stderr=err) == code
+    assert err.getvalue() == ""  # both messages delivered
+    start, end = slack_server.wait_for(2)
+    assert start.body["text"].startswith("▶️ Started: ") and "thread_ts" not in start.body
+    assert end.body["text"].startswith(headline)
+    assert end.body["thread_ts"] == next(iter(slack_server.messages))
+    assert end.body["reply_broadcast"] is True  # the end is seen in the channel too
 
 
 @pytest.mark.parametrize("feature", ["thread", "card", "deadman"])

@@ -313,6 +313,146 @@ def test_missing_templates_directory(tmp_path: Path, recording: RecordingBackend
         notifier.NotifierCallback([recording], templates=tmp_path / "nope")
 
 
+# Each of these constructed fine before every user file was compiled and every selected
+# template rendered once: the error only showed (as a fallback message) mid-training.
+CAUGHT_AT_CONSTRUCTION = [
+    pytest.param(
+        {"evaluate": "ok\n{% if %}"},  # evaluate is not among the default events
+        ["'evaluate'", "line 2", "Expected an expression"],
+        id="unselected-event",
+    ),
+    pytest.param(
+        {"save": "{% for %}"},
+        ["'save'", "line 1"],
+        id="unselected-event-file",
+    ),
+    pytest.param(
+        {"epoch_end.subject": "a\nb\n{% if %}"},  # a part the recording backend does not have
+        ["'epoch_end'", "epoch_end.subject", "line 3"],
+        id="unused-part",
+    ),
+    pytest.param(
+        {"epoch_end": 'Epoch {{ epoch }}\n{% include "_m.j2" %}'},
+        ["'epoch_end'", "line 2", "'_m.j2'", "does not exist"],
+        id="missing-include",
+    ),
+    pytest.param(
+        {"epoch_end": '{% extends "epoch_end.j2" %}{% block headline %}x{% endblock %}'},
+        ["'epoch_end'", "extends or includes itself", '"default:epoch_end.j2"'],
+        id="extends-itself",
+    ),
+    pytest.param(
+        {"train_end": 'Done\n{% include "train_end.j2" %}'},
+        ["'train_end'", "extends or includes itself"],
+        id="includes-itself",
+    ),
+    pytest.param(
+        {"epoch_end": '{% extends "default:epoch_end.j2" %}\n{% block headlin %}x{% endblock %}'},
+        ["'epoch_end'", "line 2", "'headlin'", "Did you mean 'headline'?", "details, headline"],
+        id="misspelt-block",
+    ),
+    pytest.param(
+        {"epoch_end": '{% extends "default:epoch_end.j2" %}{% block metrics %}x{% endblock %}'},
+        ["'metrics'", "'default:epoch_end.j2' does not have", "details, headline"],
+        id="block-of-another-template",
+    ),
+    pytest.param(
+        {"epoch_end": '{% extends "epoch_end_base.j2" %}'},
+        ["'epoch_end'", "'epoch_end_base.j2'", "does not exist"],
+        id="missing-parent",
+    ),
+]
+
+
+@pytest.mark.parametrize(("files", "expected"), CAUGHT_AT_CONSTRUCTION)
+@pytest.mark.parametrize("kind", ["dir", "dict"])
+def test_every_template_is_checked_at_construction(
+    kind: str,
+    files: dict[str, str],
+    expected: list[str],
+    tmp_path: Path,
+    recording: RecordingBackend,
+) -> None:
+    source = as_source(kind, files, tmp_path)
+    with pytest.raises(notifier.TemplateError) as info:
+        notifier.NotifierCallback([recording], templates=source, config=False)
+    message = str(info.value)
+    for fragment in expected:
+        assert fragment in message, message
+    (key,) = files
+    where = str(tmp_path / "templates" / f"{key}.j2") if kind == "dir" else f"templates[{key!r}]"
+    assert where in message, message
+
+
+@pytest.mark.parametrize("kind", ["dir", "dict"])
+def test_misspelt_backend_folder_is_named_with_the_installed_backends(
+    kind: str, tmp_path: Path, recording: RecordingBackend
+) -> None:
+    source = as_source(kind, {"slak/epoch_end": "x", "epoch_end": "y"}, tmp_path)
+    with pytest.raises(notifier.TemplateError) as info:
+        notifier.NotifierCallback([recording], templates=source, config=False)
+    message = str(info.value)
+    assert "('slak')" in message and "Did you mean 'slack'?" in message
+    assert "Installed backends: " in message
+    assert {"console", "slack"} <= set(
+        message.split("Installed backends: ")[1].split(". ")[0].split(", ")
+    )
+    if kind == "dir":
+        assert str(tmp_path / "templates" / "slak") in message
+
+
+def test_a_folder_may_be_named_after_any_backend_in_use(tmp_path: Path) -> None:
+    class Custom(RecordingBackend):
+        name = "custom-only-here"
+
+    files = {"custom-only-here/epoch_end": "custom", "slack/epoch_end": "s", "_parts/_m": "m"}
+    Templates(files, backend="recording")  # a defined Backend class, an installed one, "_"
+    with pytest.raises(notifier.TemplateError, match="'mine'"):
+        Templates({"mine/epoch_end": "x"}, backend="recording")
+    Templates({"mine/epoch_end": "x"}, backend="recording", known_backends=["mine"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{{ (metrics.accuracy * 100)|number }}",  # fine whenever the run logs accuracy
+        "{{ run_name ~ '' }}{% if error %}{{ error.message.upper() }}{% endif %}",
+        '{% extends "_base.j2" %}{% block headline %}H{% endblock %}',  # a grandparent's block
+        '{% import "_m.j2" as m %}{{ m.tag(run_name) }}',
+    ],
+)
+def test_checks_do_not_reject_templates_that_work_at_run_time(text: str) -> None:
+    files = {
+        "epoch_end": text,
+        "_base": '{% extends "default:epoch_end.j2" %}',
+        "_m": "{% macro tag(x) %}[{{ x }}]{% endmacro %}",
+    }
+    Templates(files)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{% if false %}x{% endif %}", "  \n\t\n", "{{ '\u200b' }}\n", "\ufeff {{ '' }}\u200b"],
+)
+def test_a_template_showing_nothing_renders_exactly_empty(text: str) -> None:
+    rendered = Templates({"save": text}, events=("save",)).render("save", {"checkpoint": None})
+    assert rendered == {"text": ""}
+
+
+def test_a_message_showing_nothing_is_not_posted_to_slack(
+    slack_server: SlackServer, tmp_path: Path
+) -> None:
+    # Slack answers no_text to a message of only invisible characters.
+    only_last = "{% if epoch == num_train_epochs %}last epoch{% endif %}\u200b"
+    callback = notifier.NotifierCallback(
+        [_slack(slack_server)], templates={"epoch_end": only_last}, config=False
+    )
+    make_trainer(tmp_path / "run", [callback]).train()
+    assert callback.flush(10)
+    headlines = [text.split("\n")[0] for text in slack_server.texts()]
+    assert headlines[1:] == ["last epoch", "✅ Training finished: run"]
+
+
 @pytest.mark.parametrize(
     ("key", "text", "unknown", "suggestion"),
     [

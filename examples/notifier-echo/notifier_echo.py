@@ -21,6 +21,7 @@ class EchoBackend(notifier.Backend):
     """Appends ``{"event": ..., "text": ...}`` per message to a file or stream."""
 
     name = "echo"
+    env = {"path": "ECHO_FILE"}
     description = "JSON lines to a file (ECHO_FILE) or stdout; an example plugin"
     max_length = 100_000
 
@@ -31,7 +32,7 @@ class EchoBackend(notifier.Backend):
         stream: IO[str] | None = None,
         **options: Any,
     ) -> None:
-        check_options(self.name, options, {"path", "stream"})
+        check_options(self, options)
         self._stream = stream
         self._path = None if stream is not None else (path or os.environ.get("ECHO_FILE") or None)
         if self._path is not None:

@@ -140,7 +140,7 @@ class AppriseBackend(notifier.Backend):
         timeout: float | str | None = None,
         **options: Any,
     ) -> None:
-        check_options(self.name, options, set())
+        check_options(self, options)
         self.timeout = _timeout(timeout)
         if isinstance(urls, str):
             urls = split_urls(urls)

@@ -19,7 +19,7 @@ class ConsoleBackend(notifier.Backend):
     max_length = 100_000
 
     def __init__(self, stream: IO[str] | None = None, **options: Any) -> None:
-        check_options(self.name, options, {"stream"})
+        check_options(self, options)
         self._stream = stream
         self._lock = threading.Lock()
 

@@ -289,6 +289,7 @@ class DiscordBackend(notifier.Backend):
     """Posts to a Discord channel through a webhook: embeds, or plain text as a fallback."""
 
     name = "discord"
+    env = {"webhook_url": "DISCORD_WEBHOOK_URL"}
     description = "Discord: a channel webhook (embeds with metric fields)"
     max_length = DESCRIPTION_LIMIT
     # Discord allows 5 requests per 2 s per webhook and 30 messages a minute per channel:
@@ -306,7 +307,7 @@ class DiscordBackend(notifier.Backend):
         avatar_url: str | None = None,
         **options: Any,
     ) -> None:
-        check_options(self.name, options, set())
+        check_options(self, options)
         url = option(webhook_url, "DISCORD_WEBHOOK_URL", backend=self.name, what="webhook_url")
         self._url = check_url(url, backend=self.name, what="webhook_url (DISCORD_WEBHOOK_URL)")
         path = urllib.parse.urlsplit(self._url).path

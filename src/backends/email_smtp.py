@@ -149,6 +149,18 @@ class EmailBackend(notifier.Backend):
     """Sends each notification as an e-mail through an SMTP server (STARTTLS by default)."""
 
     name = "email"
+    env = {
+        "host": "SMTP_HOST",
+        "port": "SMTP_PORT",
+        "sender": ("SMTP_SENDER", "SMTP_FROM"),
+        "to": "SMTP_TO",
+        "username": "SMTP_USERNAME",
+        "password": "SMTP_PASSWORD",
+        "starttls": "SMTP_STARTTLS",
+        "ssl": "SMTP_SSL",
+        "timeout": "SMTP_TIMEOUT",
+        "cafile": "SMTP_CAFILE",
+    }
     description = "e-mail through an SMTP server (STARTTLS or SMTPS, optional login)"
     parts = ("subject", "text", "html")
     max_length = 20_000
@@ -171,7 +183,7 @@ class EmailBackend(notifier.Backend):
         ssl_context: _ssl.SSLContext | None = None,
         **options: Any,
     ) -> None:
-        check_options(self.name, options, set())
+        check_options(self, options)
         self.host = str(option(host, "SMTP_HOST", backend=self.name, what="SMTP server host"))
         if _CONTROL.search(self.host) or " " in self.host:
             raise ConfigurationError(f"email backend: SMTP_HOST {self.host!r} is not a host name.")

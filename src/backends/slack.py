@@ -13,6 +13,7 @@ neither lose the message nor make the outbox post it twice.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -100,8 +101,9 @@ def _code(answer: Any, status: int) -> str:
 
 
 # -- live runs: threads, the run card, the dead-man's switch ---------------------------------
-#: The events that end a run: thread replies also shown in the channel, the card's last edit.
-FINAL_EVENTS = frozenset({"train_end", "train_error"})
+#: The events that end a run (a training run, or ``notifier run``'s command): thread replies
+#: also shown in the channel, the card's last edit.
+FINAL_EVENTS = frozenset({"train_end", "train_error", "run_end", "run_error"})
 #: Where a run remembers its thread (and its pending dead-man's alert) for a resumed run.
 # A leading underscore: Trainer.push_to_hub skips "_*", so run state never reaches the Hub.
 STATE_DIR, STATE_FILE = "_notifier", "slack-thread.json"
@@ -176,6 +178,12 @@ class SlackBackend(notifier.Backend):
     """
 
     name = "slack"
+    env = {
+        "channel": "SLACK_CHANNEL",
+        "token": "SLACK_BOT_TOKEN",
+        "base_url": "SLACK_BASE_URL",
+        "webhook_url": "SLACK_WEBHOOK_URL",
+    }
     description = "Slack: bot token + channel (chat.postMessage) or an incoming webhook"
     max_length = SECTION_LIMIT
     interval = 1.0  # Slack allows about one message per second per channel
@@ -201,7 +209,7 @@ class SlackBackend(notifier.Backend):
         deadman_rearm: float = 60.0,
         **options: Any,
     ) -> None:
-        check_options(self.name, options, set())
+        check_options(self, options)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ConfigurationError(
                 f"slack backend: timeout must be a number of seconds > 0, got {timeout!r}"
@@ -223,23 +231,11 @@ class SlackBackend(notifier.Backend):
         self._webhook: WebhookClient | None = None
         self._client: WebClient | None = None
         self.channel = ""
-        if client is None and token is None and channel is None:
-            webhook_url = option(
-                webhook_url, "SLACK_WEBHOOK_URL", backend=self.name, what="", required=False
-            )
+        wanted = [n for n, on in (("thread", thread), ("card", card), ("deadman", deadman)) if on]
+        webhook_url = self._choose_mode(client, token, channel, webhook_url, wanted)
         if webhook_url:
             if not str(webhook_url).startswith(("https://", "http://")):
                 raise ConfigurationError("slack backend: webhook_url must be an http(s) URL")
-            wanted = [
-                n for n, on in (("thread", thread), ("card", card), ("deadman", deadman)) if on
-            ]
-            if wanted:
-                raise ConfigurationError(
-                    f"slack backend: {', '.join(f'{n}=True' for n in wanted)} needs the "
-                    "bot-token mode: an incoming webhook can only post (no threads, edits or "
-                    "scheduled messages). Set SLACK_BOT_TOKEN and SLACK_CHANNEL (scope "
-                    "chat:write) instead of SLACK_WEBHOOK_URL."
-                )
             self._webhook_url = str(webhook_url)
             self._webhook = WebhookClient(
                 self._webhook_url,
@@ -250,7 +246,9 @@ class SlackBackend(notifier.Backend):
             return
         self.channel = option(channel, "SLACK_CHANNEL", backend=self.name, what="channel")
         if client is not None:
-            self._client = client
+            # A copy with our retry handlers: the caller's client is theirs, left as it was
+            # (its token, base_url, proxy and headers carry over).
+            self._client = copy.copy(client)
             self._client.retry_handlers = retries()
             self._token = getattr(client, "token", None)
             return
@@ -276,6 +274,58 @@ class SlackBackend(notifier.Backend):
             logger=sdk_logger(),
             retry_handlers=retries(),
             **kwargs,
+        )
+
+    def _choose_mode(
+        self,
+        client: WebClient | None,
+        token: str | None,
+        channel: str | None,
+        webhook_url: str | None,
+        wanted: list[str],
+    ) -> str | None:
+        """The incoming webhook's URL in webhook mode, None in bot-token mode.
+
+        Options beat the environment. From the environment alone, a complete bot-token
+        configuration (SLACK_BOT_TOKEN and SLACK_CHANNEL) beats SLACK_WEBHOOK_URL: it can do
+        everything a webhook can, and threads, cards, the dead-man's switch and uploads too.
+        """
+        bot_options = client is not None or token not in (None, "") or channel not in (None, "")
+        if webhook_url:
+            if bot_options and wanted:
+                mode = "bot-token mode (the options give a token; webhook_url is not used)"
+                logger.debug("slack backend: %s", mode)
+                return None
+            if wanted:
+                raise self._needs_bot(wanted, "webhook_url")
+            logger.debug("slack backend: incoming webhook mode (the webhook_url option)")
+            return webhook_url
+        if bot_options:
+            logger.debug("slack backend: bot-token mode (the options)")
+            return None
+        env_url = option(None, "SLACK_WEBHOOK_URL", backend=self.name, what="", required=False)
+        env_bot = [name for name in ("SLACK_BOT_TOKEN", "SLACK_CHANNEL") if os.environ.get(name)]
+        if len(env_bot) == 2 or not env_url:
+            also = "; SLACK_WEBHOOK_URL is set too and not used" if env_url else ""
+            logger.debug("slack backend: bot-token mode (SLACK_BOT_TOKEN, SLACK_CHANNEL)%s", also)
+            return None
+        if wanted:
+            missing = [n for n in ("SLACK_BOT_TOKEN", "SLACK_CHANNEL") if n not in env_bot]
+            raise self._needs_bot(wanted, "SLACK_WEBHOOK_URL", missing)
+        logger.debug("slack backend: incoming webhook mode (SLACK_WEBHOOK_URL)")
+        return str(env_url)
+
+    @staticmethod
+    def _needs_bot(
+        wanted: list[str], source: str, missing: tuple[str, ...] | list[str] = ()
+    ) -> ConfigurationError:
+        unset = f" ({' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set)"
+        return ConfigurationError(
+            f"slack backend: {', '.join(f'{n}=True' for n in wanted)} needs the bot-token "
+            "mode: an incoming webhook can only post (no threads, edits or scheduled messages). "
+            f"Set SLACK_BOT_TOKEN and SLACK_CHANNEL (scope chat:write) instead of {source}"
+            + (unset if missing else "")
+            + "."
         )
 
     def _configure_run(
@@ -353,6 +403,9 @@ class SlackBackend(notifier.Backend):
             self._current, self._done = message, set()
         if message.event == "train_begin":
             self._begin(message)
+        elif message.event == "run_begin":
+            self._begin_command(message)
+            self._event(message)
         elif message.event == "progress":
             self._progress(message)
         else:
@@ -419,6 +472,26 @@ class SlackBackend(notifier.Backend):
                 self._step("card", lambda: self._post_card(message, quiet=True))
             else:
                 self._step("card", lambda: self._edit_card(card_message(message, "start")))
+
+    def _begin_command(self, message: notifier.Message) -> None:
+        """``notifier run``'s start: a new thread. It sends no progress, so there is no card
+        to keep edited and no heartbeat to keep an alert re-armed: those stay off."""
+        if "begin" in self._done:
+            return
+        self._done.add("begin")
+        old = self._run  # a run before it in this process that never ended: its alarm goes
+        self._run = _Run(stale=old.stale + ([old.alarm] if old.alarm else []))
+        extras = [name for name, on in (("card", self.card), ("deadman", self.deadman)) if on]
+        if extras:
+            self._warn_once(
+                "run",
+                "extras",
+                "%s: %s appl%s to training runs only (NotifierCallback): notifier run sends "
+                "its start and end, with no progress to show or heartbeat to watch",
+                self.describe(),
+                " and ".join(extras),
+                "ies" if len(extras) == 1 else "y",
+            )
 
     def _post_card(self, message: notifier.Message, *, quiet: bool = False) -> None:
         """Post the card; ``quiet``: a failure is logged, not raised (the text went out)."""

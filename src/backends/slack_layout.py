@@ -43,13 +43,19 @@ def blocks(message: notifier.Message) -> list[dict[str, Any]]:
         )
     values: dict[str, Any] = {}
     if message.event in ("epoch_end", "evaluate", "train_end", "progress"):
-        for group in ("metrics", "eval_metrics"):
+        # Evaluation first: of at most MAX_FIELDS, the held-out metrics matter most. The
+        # bookkeeping (epoch, train_runtime, …_per_second) is left out, as in |metrics.
+        for group in ("eval_metrics", "metrics"):
             source = message.context.get(group) or {}
-            values.update({k: v for k, v in source.items() if k not in ("epoch", "total_flos")})
-    if message.event == "progress":  # a live card: the training values, not the bookkeeping
-        values = {
-            k: v for k, v in values.items() if k not in NOISE and not k.endswith(NOISE_SUFFIXES)
-        }
+            if not isinstance(source, Mapping):
+                continue
+            values.update(
+                {
+                    k: v
+                    for k, v in source.items()
+                    if k not in NOISE and not str(k).endswith(NOISE_SUFFIXES)
+                }
+            )
     fields = [
         {"type": "mrkdwn", "text": trim(f"*{escape(str(k))}*\n{escape(number(v))}", 2000)}
         for k, v in list(values.items())[:MAX_FIELDS]

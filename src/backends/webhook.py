@@ -86,6 +86,7 @@ class WebhookBackend(notifier.Backend):
     """POSTs each message as JSON to a URL of your choice."""
 
     name = "webhook"
+    env = {"url": "NOTIFIER_WEBHOOK_URL", "headers": "NOTIFIER_WEBHOOK_HEADERS"}
     description = "any URL: a JSON POST (the default document, or your json template)"
     optional_parts = ("json",)
     max_length = 16_000
@@ -101,7 +102,7 @@ class WebhookBackend(notifier.Backend):
         timeout: float = 10.0,
         **options: Any,
     ) -> None:
-        check_options(self.name, options, set())
+        check_options(self, options)
         raw = option(url, "NOTIFIER_WEBHOOK_URL", backend=self.name, what="url")
         self._url = check_url(raw, backend=self.name, what="url (NOTIFIER_WEBHOOK_URL)")
         if headers is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -124,6 +126,11 @@ class Backend:
     #: Only backends that set it get them, whatever ``events`` says; while training runs,
     #: at most one per interval, the newest replacing any still queued.
     progress_interval: float | None = None
+    #: The environment variable each option falls back to, e.g. ``{"channel": "SLACK_CHANNEL"}``
+    #: (a tuple when several are read, first found wins). A configuration file's option is
+    #: used only while its variable is unset (the environment beats the file), and a secret
+    #: found in the file is refused with the variable to set instead.
+    env: ClassVar[Mapping[str, str | tuple[str, ...]]] = {}
 
     def send(self, message: Message) -> None:
         """Deliver ``message``, or raise ``DeliveryError``."""
@@ -174,11 +181,71 @@ def option(value: Any, env: str, *, backend: str, what: str, required: bool = Tr
     return None
 
 
-def check_options(backend: str, options: Mapping[str, Any], accepted: set[str]) -> None:
-    """Raise ``ConfigurationError`` naming any option the backend does not know."""
-    unknown = sorted(set(options) - accepted)
+def option_names(backend: Backend | type[Backend]) -> tuple[str, ...]:
+    """The keyword options ``backend``'s class takes, read from its ``__init__`` signature.
+
+    Named parameters only (not ``self``, ``*args`` or ``**options``). A subclass whose
+    ``__init__`` passes ``**options`` on also takes its parents' options.
+    """
+    cls = backend if isinstance(backend, type) else type(backend)
+    names: dict[str, None] = {}
+    for klass in cls.__mro__:
+        if klass in (Backend, object) or "__init__" not in vars(klass):
+            continue
+        try:
+            parameters = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        except (TypeError, ValueError):  # a C or wrapped __init__ without a signature
+            break
+        named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if named and named[0].kind is named[0].POSITIONAL_OR_KEYWORD:
+            named = named[1:]  # self
+        names.update((p.name, None) for p in named)
+        if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+            break
+    return tuple(names)
+
+
+class UnknownOptionError(ConfigurationError):
+    """``check_options`` found options the backend does not take.
+
+    ``unknown`` and ``accepted`` are option names, never values, so that a caller
+    knowing where each option came from (a configuration file, ``--option``) can
+    name that place, and one knowing the backend's class can list all it takes.
+    """
+
+    def __init__(self, backend: str, unknown: Iterable[str], accepted: Iterable[str]) -> None:
+        self.backend = backend
+        self.unknown = tuple(unknown)
+        self.accepted = tuple(dict.fromkeys(accepted))
+        described = []
+        for key in self.unknown:
+            close = difflib.get_close_matches(key, self.accepted, n=1)
+            described.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        accepts = f"; accepted: {', '.join(self.accepted)}." if self.accepted else "."
+        super().__init__(f"{backend} backend: unknown option(s) {', '.join(described)}{accepts}")
+
+
+def check_options(
+    backend: str | Backend | type[Backend],
+    options: Mapping[str, Any],
+    accepted: Iterable[str] | None = None,
+) -> None:
+    """Raise ``UnknownOptionError`` (a ``ConfigurationError``) naming any option the backend
+    does not know, with the closest it does, and the options it does.
+
+    Call it first in ``__init__`` with whatever ``**options`` caught:
+    ``check_options(self, options)``. Given the backend (an instance or class), the
+    options it accepts are read from its ``__init__`` signature (``option_names``);
+    ``accepted`` adds any it takes through ``**options``. The older form, the
+    backend's name and the names it accepts, ``check_options(self.name, options,
+    {"path"})``, still works; its error lists ``accepted`` only (the configuration
+    file and the command line add the signature's names to it).
+    """
+    if isinstance(backend, str):
+        name, known = backend, sorted(accepted or ())
+    else:
+        cls = backend if isinstance(backend, type) else type(backend)
+        name, known = cls.name or cls.__name__, [*option_names(cls), *(accepted or ())]
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ConfigurationError(
-            f"{backend} backend: unknown option(s) {', '.join(unknown)}; "
-            f"accepted: {', '.join(sorted(accepted))}."
-        )
+        raise UnknownOptionError(name, unknown, known)

@@ -19,16 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from .backend import Backend, Message
-from .config import SECRET_ENV, SECRET_KEYS, SECRET_SUFFIXES, Config, load_config
+from .config import (
+    PROGRESS,
+    SECRET_KEYS,
+    SECRET_SUFFIXES,
+    SELECTABLE_EVENTS,
+    Config,
+    backend_env,
+    load_config,
+)
 from .context import sample_context
 from .errors import ConfigurationError
-from .plugins import default_registry, get_backend
+from .plugins import default_registry
 from .secrets import redact
 from .templates import EVENTS, Templates
 
 DEFAULT_BACKEND = "console"
-#: Sent only to backends with a ``progress_interval`` (callback.TICK_EVENT).
-PROGRESS = "progress"
 DEFAULT_TIMEOUT = 60.0
 
 OPTION_HELP = (
@@ -85,8 +91,8 @@ def parse_options(items: list[str] | None, names: list[str]) -> dict[str, dict[s
             )
         if _is_secret(key):
             redact.add(raw)
-            env = SECRET_ENV.get(targets[0], {}).get(key)
-            instead = f"the {env} environment variable" if env else "its environment variable"
+            env = backend_env(targets[0]).get(key)
+            instead = f"the {env[0]} environment variable" if env else "its environment variable"
             sys.stderr.write(
                 f"notifier: warning: --option {key}=… puts a secret on the command line, where "
                 f"other users (ps) and your shell history can read it; prefer {instead}\n"
@@ -102,14 +108,9 @@ def _backend_names(options: argparse.Namespace, config: Config) -> list[str]:
 
 
 def _build(name: str, cli_options: dict[str, Any], config: Config) -> Backend:
-    """The backend ``name``, with the file's options for it and the command line's on top."""
-    from_file = config.backend_options.get(name, {})
-    try:
-        return get_backend(name, **{**from_file, **cli_options})
-    except ConfigurationError as exc:
-        if from_file and config.source is not None:
-            raise ConfigurationError(f"{exc} (options from {config.source})") from None
-        raise
+    """The backend ``name``: the command line's options, then the environment, then the
+    file's (``Config.build_backend``)."""
+    return config.build_backend(name, cli_options)
 
 
 def _backends(options: argparse.Namespace) -> tuple[Config, list[Backend]]:
@@ -273,6 +274,20 @@ def _check(options: argparse.Namespace) -> int:
         )
     rows: list[tuple[str, str, str]] = []
     status = 0
+    for route in config.routes:
+        if route not in names:
+            sys.stdout.write(
+                f"note: routes.{route} is ignored: {route} is not among the backends "
+                f"({', '.join(names)})\n"
+            )
+    if config.plots:
+        from .plots import require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ConfigurationError as exc:
+            rows.append(("plots", "FAILED", str(exc)))
+            status = 2
     for name in names:
         try:
             backend = _build(name, per[name], config)
@@ -317,14 +332,45 @@ def _check(options: argparse.Namespace) -> int:
 
 
 def _events_for(backend: Backend, config: Config) -> tuple[str, ...]:
-    """The events whose templates ``backend`` would load: its route's, the configured ones
-    (else every event), and ``progress`` only for backends that ask for it."""
-    wanted = config.routes.get(backend.name) or config.events or EVENTS
-    chosen = tuple(e for e in wanted if e != PROGRESS)
-    return chosen + ((PROGRESS,) if backend.progress_interval else ())
+    """The events whose templates ``backend`` would load, as the callback chooses them: its
+    route's, else the configured ones (else every event), and ``progress`` only for backends
+    that ask for it. ``load_config`` has rejected any event the callback would."""
+    if backend.name in config.routes:
+        wanted = config.routes[backend.name]
+    else:
+        wanted = SELECTABLE_EVENTS if config.events is None else config.events
+    return tuple(wanted) + ((PROGRESS,) if backend.progress_interval else ())
 
 
 # -- the parser -----------------------------------------------------------------------------
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: arguments it does not know are reported with its own usage.
+
+    By default argparse hands them up to ``notifier``'s parser, whose usage and
+    "unrecognized arguments" then name the wrong command, and mention the words an
+    unknown option left behind as if they were the mistake.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            unknown = [arg for arg in extras if arg.startswith("-") and arg != "-"]
+            if not unknown:
+                self.error(
+                    f"unexpected argument(s): {' '.join(extras)} (quote a value with spaces)"
+                )
+            known = [s for action in self._actions for s in action.option_strings]
+            named = []
+            for arg in unknown:
+                flag = arg.split("=", 1)[0]
+                close = difflib.get_close_matches(flag, known, n=1)
+                named.append(f"{flag} (did you mean {close[0]}?)" if close else flag)
+            self.error(f"unknown option(s) {', '.join(named)}; see {self.prog} --help")
+        return parsed, extras
+
+
 def _add_backend_arguments(parser: argparse.ArgumentParser, *, options: bool = True) -> None:
     parser.add_argument(
         "--backend",
@@ -361,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
         "or usage error; `notifier run` exits with its command's status.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
 
     listing = commands.add_parser("backends", help="list installed backends and their providers")
     listing.set_defaults(run=_list_backends)

@@ -1,7 +1,9 @@
 """Configuration files (notifier.toml, [tool.notifier]) and NOTIFIER_* environment variables.
 
 Precedence, highest first: explicit ``NotifierCallback`` arguments, environment
-variables, the configuration file, built-in defaults. The file is the first of:
+variables, the configuration file, built-in defaults. That holds for a backend's
+options too: a ``[backends.slack] channel`` is used only while ``SLACK_CHANNEL``
+is unset (``Backend.env`` names each option's variable). The file is the first of:
 the ``path`` given, ``$NOTIFIER_CONFIG``, ``./notifier.toml``, the
 ``[tool.notifier]`` table of ``./pyproject.toml``. Secrets never come from a file.
 """
@@ -64,10 +66,10 @@ SECRET_KEYS = frozenset(
     {"token", "password", "secret", "webhook_url", "url", "urls", "headers", "api_key"}
 )
 SECRET_SUFFIXES = ("_token", "_password", "_secret")
-#: Where each backend reads a secret option from; other backends: their documentation.
-SECRET_ENV: dict[str, dict[str, str]] = {
-    "slack": {"token": "SLACK_BOT_TOKEN", "webhook_url": "SLACK_WEBHOOK_URL"},
-}
+#: Sent only to backends that ask for it (``Backend.progress_interval``): never chosen.
+PROGRESS = "progress"
+#: The events ``events``, ``routes`` and ``throttle`` may name.
+SELECTABLE_EVENTS: tuple[str, ...] = tuple(e for e in EVENTS if e != PROGRESS)
 
 ALERT_OPTIONS = (
     "nan",
@@ -137,15 +139,17 @@ class Config:
         return kwargs
 
     def build_backends(
-        self, backends: Sequence[Backend | str] | Backend | str | None = None
+        self,
+        backends: Sequence[Backend | str] | Backend | str | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
     ) -> list[Backend] | None:
         """Build backends from names (default: this config's), with the file's options for each.
 
         Instances pass through unchanged; None when no backend is chosen anywhere
-        (the callback's console default).
+        (the callback's console default). See ``build_backend``.
         """
         from .backend import Backend
-        from .plugins import get_backend
 
         chosen: Sequence[Backend | str] | Backend | str | None = (
             self.backends if backends is None else backends
@@ -154,19 +158,102 @@ class Config:
             return None
         if isinstance(chosen, (str, Backend)):
             chosen = [chosen]
-        built: list[Backend] = []
-        for item in chosen:
-            if not isinstance(item, str):
-                built.append(item)
-                continue
-            options = self.backend_options.get(item, {})
-            try:
-                built.append(get_backend(item, **options))
-            except ConfigurationError as exc:
-                if not options or self.source is None:
-                    raise
-                raise ConfigurationError(f"{exc} (options from {self.source})") from None
-        return built
+        return [
+            item if not isinstance(item, str) else self.build_backend(item, environ=environ)
+            for item in chosen
+        ]
+
+    def build_backend(
+        self,
+        name: str,
+        options: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+    ) -> Backend:
+        """The backend ``name`` built with ``options`` (given: the command line's), then the
+        environment (read by the backend), then the file's options (``file_options``).
+
+        An option the backend does not take is reported with the options it does and
+        the closest of them, naming the file and the key when it came from the file.
+        """
+        from .backend import UnknownOptionError, option_names
+        from .plugins import default_registry, get_backend
+
+        given = dict(options or {})
+        from_file = self.file_options(name, environ=environ)
+        try:
+            return get_backend(name, **{**from_file, **given})
+        except UnknownOptionError as exc:
+            # The backend decided; its class's signature lists what it takes (a backend
+            # still calling check_options(name, options, set()) lists nothing itself).
+            accepted = (*option_names(default_registry().get(name)), *exc.accepted)
+            fuller = UnknownOptionError(exc.backend, exc.unknown, accepted)
+            in_file = [key for key in exc.unknown if key in from_file and key not in given]
+            if not in_file:
+                raise fuller from None
+            key = in_file[0]
+            raise ConfigurationError(
+                f"{self.where}: backends.{name}.{key} is not an option of the {name} "
+                f"backend.{_suggest(key, fuller.accepted)} Options: {', '.join(fuller.accepted)}."
+            ) from None
+        except ConfigurationError as exc:
+            if not from_file or self.source is None:
+                raise
+            raise ConfigurationError(f"{exc} (options from {self.source})") from None
+
+    def file_options(
+        self, name: str, *, environ: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The file's options for backend ``name``, without those whose environment variable
+        (``Backend.env``) is set in ``environ`` (default ``os.environ``, which the backend
+        itself reads): the environment beats the file."""
+        options = self.backend_options.get(name)
+        if not options:
+            return {}
+        environ = os.environ if environ is None else environ
+        env = backend_env(name)
+        kept: dict[str, Any] = {}
+        for key, value in options.items():
+            found = next((v for v in env.get(key, ()) if environ.get(v)), None)
+            if found is None:
+                kept[key] = value
+            else:
+                logger.info(
+                    "notifier: %s is set: it overrides backends.%s.%s in %s",
+                    found,
+                    name,
+                    key,
+                    self.where,
+                )
+        return kept
+
+    @property
+    def where(self) -> str:
+        """The file, as messages name it (with the table for pyproject.toml)."""
+        if self.source is None:
+            return "the configuration"
+        table = " [tool.notifier]" if self.source.name == PYPROJECT else ""
+        return f"{self.source}{table}"
+
+
+def backend_env(name: str, cls: type[Backend] | None = None) -> dict[str, tuple[str, ...]]:
+    """Option -> the environment variables it falls back to, for backend ``name``.
+
+    The class's ``env`` (looked up by name when ``cls`` is not given); empty for an
+    unknown backend or one that declares none.
+    """
+    if cls is None:
+        from .plugins import default_registry
+
+        try:
+            cls = default_registry().get(name)
+        except ConfigurationError:
+            cls = None
+    declared = getattr(cls, "env", None) or {}
+    return {
+        key: (variables,) if isinstance(variables, str) else tuple(variables)
+        for key, variables in declared.items()
+    }
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -269,9 +356,10 @@ def _is_secret(key: str) -> bool:
 
 
 def _secret_error(where: str, dotted: str, backend: str | None, key: str) -> ConfigurationError:
-    env = SECRET_ENV.get(backend or "", {}).get(key)
+    env = backend_env(backend).get(key) if backend else None
     if env:
-        fix = f"set the {env} environment variable instead"
+        also = f" (or {', '.join(env[1:])})" if len(env) > 1 else ""
+        fix = f"set the {env[0]}{also} environment variable instead"
     elif backend:
         fix = (
             f"set it through the environment variable the {backend} backend documents for "
@@ -306,13 +394,19 @@ def _names(value: Any, where: str, key: str, known: Sequence[str] | None = None)
     names = tuple(dict.fromkeys(value))
     for name in names:
         if known is not None and name not in known:
-            raise _fail(
-                where,
-                key,
-                f"names an unknown event {name!r}.{_suggest(name, known)} "
-                f"Events: {', '.join(known)}.",
-            )
+            raise _fail(where, key, _unknown_event(name, known))
     return names
+
+
+def _unknown_event(name: str, known: Sequence[str]) -> str:
+    """Why ``name`` is not an event that can be chosen, with the fix (after "<key> ")."""
+    if name == PROGRESS:
+        return (
+            f"names {PROGRESS!r}, which cannot be chosen: it goes to the backends that ask for "
+            "it (Backend.progress_interval, such as a Slack live card) whatever events say. "
+            f"Remove it. Events: {', '.join(known)}."
+        )
+    return f"names an unknown event {name!r}.{_suggest(name, known)} Events: {', '.join(known)}."
 
 
 def _seconds(value: Any, where: str, key: str, *, positive: bool) -> float:
@@ -340,7 +434,7 @@ def _validate_file(table: dict[str, Any], where: str, directory: Path) -> dict[s
     if "backends" in table:
         out["backends"], out["backend_options"] = _backends(table["backends"], where)
     if "events" in table:
-        out["events"] = _names(table["events"], where, "events", EVENTS)
+        out["events"] = _names(table["events"], where, "events", SELECTABLE_EVENTS)
     if "templates" in table:
         value = table["templates"]
         if not isinstance(value, str) or not value:
@@ -434,11 +528,19 @@ def _throttle(value: Any, where: str) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for event, options in value.items():
         dotted = f"throttle.{event}"
-        if event not in EVENTS:
+        if event == PROGRESS:
             raise _fail(
                 where,
                 dotted,
-                f"names no event.{_suggest(event, EVENTS)} Events: {', '.join(EVENTS)}.",
+                "cannot be throttled here: progress messages are paced by each backend's "
+                "progress_interval (e.g. the Slack card_interval option)",
+            )
+        if event not in SELECTABLE_EVENTS:
+            raise _fail(
+                where,
+                dotted,
+                f"names no event that can be throttled.{_suggest(event, SELECTABLE_EVENTS)} "
+                f"Events: {', '.join(e for e in SELECTABLE_EVENTS if e not in UNTHROTTLED)}.",
             )
         if event in UNTHROTTLED:
             raise _fail(where, dotted, f"cannot be throttled: {event} messages always go out")
@@ -454,7 +556,7 @@ def _throttle(value: Any, where: str) -> dict[str, dict[str, float]]:
                     f"Options: {', '.join(THROTTLE_OPTIONS)}.",
                 )
             if key == "min_interval":
-                checked[key] = _seconds(item, where, f"{dotted}.{key}", positive=False)
+                checked[key] = _seconds(item, where, f"{dotted}.{key}", positive=True)
             else:
                 if event != "epoch_end":
                     raise _fail(
@@ -479,7 +581,7 @@ def _routes(value: Any, where: str, backends: tuple[str, ...] | None) -> dict[st
                 f"names a backend not in backends ({', '.join(backends)})."
                 f"{_suggest(name, backends)}",
             )
-        out[name] = _names(events, where, f"routes.{name}", EVENTS)
+        out[name] = _names(events, where, f"routes.{name}", SELECTABLE_EVENTS)
     return out
 
 
@@ -512,11 +614,10 @@ def _from_env(environ: Mapping[str, str], base: Path) -> dict[str, tuple[str, An
         found["NOTIFIER_BACKENDS"] = ("backends", backends)
     events = _env_list(environ, "NOTIFIER_EVENTS")
     if events is not None:
-        unknown = [e for e in events if e not in EVENTS]
+        unknown = [e for e in events if e not in SELECTABLE_EVENTS]
         if unknown:
             raise ConfigurationError(
-                f"NOTIFIER_EVENTS names an unknown event {unknown[0]!r}."
-                f"{_suggest(unknown[0], EVENTS)} Events: {', '.join(EVENTS)}."
+                f"NOTIFIER_EVENTS {_unknown_event(unknown[0], SELECTABLE_EVENTS)}"
             )
         found["NOTIFIER_EVENTS"] = ("events", events)
     templates = environ.get("NOTIFIER_TEMPLATES", "").strip()

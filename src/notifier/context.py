@@ -29,6 +29,8 @@ CONTEXT_NAMES: dict[str, str] = {
     "metrics": "latest logged training values (loss, learning_rate, grad_norm, …)",
     "eval_metrics": "latest evaluation values (eval_loss, eval_accuracy, …)",
     "best_metric": "`state.best_metric`",
+    "metric_for_best_model": "the metric `best_metric` is (`args.metric_for_best_model` as the "
+    "Trainer compares it: `eval_loss`)",
     "best_model_checkpoint": "`state.best_model_checkpoint`",
     "checkpoint": "the checkpoint saved at this step (save and epoch_end events)",
     "error": "train_error only: `kind` (crash, interrupted, terminated, unfinished), "
@@ -61,6 +63,14 @@ def plain_value(value: Any) -> Any:
 def plain_metrics(logs: Mapping[str, Any]) -> dict[str, Any]:
     """Copy logged metrics into plain values; the caller's dict is never touched."""
     return {str(k): plain_value(v) for k, v in logs.items()}
+
+
+def best_metric_name(args: Any) -> str | None:
+    """The metric ``state.best_metric`` holds: the Trainer prefixes ``eval_`` when it is missing."""
+    name = getattr(args, "metric_for_best_model", None)
+    if not name:
+        return None
+    return str(name) if str(name).startswith("eval_") else f"eval_{name}"
 
 
 class RunTracker:
@@ -96,6 +106,7 @@ class RunTracker:
             "resumed": self.start_step > 0,
             "rank": int(getattr(args, "process_index", 0) or 0),
             "world_size": int(getattr(args, "world_size", 1) or 1),
+            "metric_for_best_model": best_metric_name(args),
         }
         self.update(state)
 
@@ -158,6 +169,7 @@ def sample_context(event: str) -> dict[str, Any]:
         "metrics": {"loss": 0.2311, "grad_norm": 1.87, "learning_rate": 1.7e-05},
         "eval_metrics": {"eval_loss": 0.2874, "eval_accuracy": 0.9128},
         "best_metric": 0.2874,
+        "metric_for_best_model": "eval_loss",
         "best_model_checkpoint": "runs/bert-base-sst2/checkpoint-1400",
         "checkpoint": "runs/bert-base-sst2/checkpoint-1400",
         "error": None,
@@ -174,6 +186,7 @@ def sample_context(event: str) -> dict[str, Any]:
             "traceback": 'File "train.py", line 88, in <module>\n    trainer.train()',
         }
     if event == "alert":
+        context["metrics"] = {**context["metrics"], "grad_norm": float("nan")}
         context["alert"] = {
             "kind": "nan",
             "metric": "grad_norm",

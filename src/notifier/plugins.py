@@ -63,6 +63,17 @@ def load_entrypoints(pm: pluggy.PluginManager) -> dict[str, str]:
     return providers
 
 
+def _collect(cls: Any, *, into: list[type[Backend]], provider: str) -> None:
+    """The ``register`` a plugin's hook calls: checks ``cls`` is a named Backend subclass."""
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise ConfigurationError(
+            f"plugin {provider} registered {cls!r}, which is not a notifier.Backend subclass"
+        )
+    if not cls.name:
+        raise ConfigurationError(f"plugin {provider}: {cls.__name__} has no `name`")
+    into.append(cls)
+
+
 class Registry:
     """The backends available by name, collected from a plugin manager's plugins."""
 
@@ -71,8 +82,13 @@ class Registry:
         providers = providers or {}
         for impl in pm.hook.register_backends.get_hookimpls():
             provider = providers.get(impl.plugin_name, impl.plugin_name)
+            # A plugin's backends are added only once its hook has returned: one that fails
+            # halfway is skipped whole, not left half-registered.
+            registered: list[type[Backend]] = []
             try:
-                impl.function(register=functools.partial(self._add, provider=provider))
+                impl.function(
+                    register=functools.partial(_collect, into=registered, provider=provider)
+                )
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not break others
                 logger.warning(
                     "notifier plugin %r failed in register_backends and is skipped: %s: %s",
@@ -80,14 +96,11 @@ class Registry:
                     type(exc).__name__,
                     exc,
                 )
+                continue
+            for cls in registered:
+                self._add(cls, provider=provider)
 
-    def _add(self, cls: Any, *, provider: str) -> None:
-        if not (isinstance(cls, type) and issubclass(cls, Backend)):
-            raise ConfigurationError(
-                f"plugin {provider} registered {cls!r}, which is not a notifier.Backend subclass"
-            )
-        if not cls.name:
-            raise ConfigurationError(f"plugin {provider}: {cls.__name__} has no `name`")
+    def _add(self, cls: type[Backend], *, provider: str) -> None:
         existing = self._backends.get(cls.name)
         if existing is not None and existing.cls is not cls:
             # The first provider keeps a name, except that a built-in always wins, in
