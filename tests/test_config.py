@@ -25,6 +25,7 @@ flush_timeout = 20
 max_backlog = 5
 stall_after = 1800
 plots = true
+only_improvements = {metric = "wer", greater_is_better = false}
 
 [backends.slack]
 channel = "#training"
@@ -103,8 +104,11 @@ def test_sample_file_is_read_and_validated(tmp_path: Path) -> None:
         1800.0,
         True,
     )
+    assert config.only_improvements == {"metric": "wer", "greater_is_better": False}
     assert set(config.origins.values()) == {str(source)}
     kwargs = config.callback_kwargs()
+    improvement = kwargs.pop("only_improvements")
+    assert (improvement.metric, improvement.greater_is_better) == ("eval_wer", False)
     rules = kwargs.pop("alerts")
     assert isinstance(rules, AlertRules)
     assert [a.kind for a in rules.check({"eval_accuracy": 0.95}, step=1)] == ["threshold"]
@@ -349,6 +353,9 @@ def test_progress_cannot_be_chosen_in_the_file(tmp_path: Path, text: str, messag
         ("flush_timeout = -1\n", "flush_timeout must be a number of seconds >= 0"),
         ("flush_timeout = inf\n", "flush_timeout must be a number of seconds"),
         ("stall_after = 0\n", "stall_after must be a number of seconds > 0"),
+        ("only_improvements = 1\n", "only_improvements must be an eval metric name"),
+        ('only_improvements = {metric = "x", lower = true}\n', "only_improvements must be"),
+        ('only_improvements = {metric = "x", greater_is_better = 1}\n', "only_improvements"),
         ("max_backlog = 0\n", "max_backlog must be an integer >= 1"),
         ("max_backlog = 2.5\n", "max_backlog must be an integer >= 1"),
         ("plots = 1\n", "plots must be true or false"),

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import TOKEN
 from scripts import runner
-from slack_server import SlackServer
+from slack_server import Behaviour, SlackServer
 
 CRASH = ["--crash-at", "6"]  # forward call 6: inside epoch 2, after 5 optimizer steps
 SLOW = ["--slow", "0.02", "--epochs", "1000"]  # ends only when signalled
@@ -35,12 +35,15 @@ def _errors(server: SlackServer) -> list[str]:
     return [t for t in server.texts() if t.split(":")[0] in ERROR_HEADLINES]
 
 
+UNFINISHED = "⚠️ Training ended without finishing"
 ERROR_HEADLINES = {
     "❌ Training failed",
-    "⚠️ Training ended without finishing",
+    UNFINISHED,
     "⏹️ Training interrupted",
     "🛑 Training terminated",
 }
+#: Seconds the atexit handlers may take beyond flush_timeout (waking up, logging, a loaded host).
+ATEXIT_MARGIN = 2.0
 
 
 def test_uncaught_crash_is_reported_and_exits_as_before(
@@ -60,12 +63,14 @@ def test_uncaught_crash_is_reported_and_exits_as_before(
     assert _traceback(plain.stderr).endswith("RuntimeError: boom at forward call 6")
 
     texts = slack_server.texts()
-    assert [t.split("\n")[0] for t in texts] == [
-        "🚀 Training started: out",
-        "📈 out: epoch 1/2",
+    # The crash report goes ahead of a progress message still queued (the outbox's rule).
+    assert sorted(t.split("\n")[0] for t in texts) == [
         "❌ Training failed: out",
+        "📈 out: epoch 1/2",
+        "🚀 Training started: out",
     ]
-    error = texts[-1]
+    assert texts[0].startswith("🚀 Training started: out\n")
+    (error,) = [t for t in texts if t.startswith("❌")]
     assert "\nRuntimeError: boom at forward call 6\n" in error
     assert re.search(r"\nAt step 5/8, epoch 1\.25, after \d+\.\ds on \S+\n", error), error
     # The traceback's tail, ending with the exception itself.
@@ -153,34 +158,61 @@ def test_two_trainings_report_twice_and_restore_the_hooks(
     assert run.result["hooks_restored"] is True
 
 
+@pytest.mark.parametrize("callback", ["same", "new"])
 @pytest.mark.parametrize("second", ["crash", "sigterm"])
 def test_a_run_after_a_caught_crash_is_guarded_as_the_first(
-    second: str, slack_server: SlackServer, tmp_path: Path
+    second: str, callback: str, slack_server: SlackServer, tmp_path: Path
 ) -> None:
     env = runner.script_env(TOKEN)
     extra = [*CRASH, "--catch", "--then", "crash" if second == "crash" else "normal"]
     if second == "sigterm":
         extra += SLOW
+    if callback == "new":
+        extra.append("--new-callback")  # a second NotifierCallback: its own guard and outbox
     process = runner.Live(_args(tmp_path, slack_server, *extra), env)
     if second == "sigterm":
         slack_server.wait_for(4, timeout=runner.TIMEOUT)  # the second start message
         process.process.send_signal(signal.SIGTERM)
     run = process.finish()
 
-    # The first run is reported as unfinished when the second begins; the second's end
-    # is reported too, and the process ends as it would without the notifier.
-    headlines = [t.split(":")[0] for t in slack_server.texts()]
-    assert headlines[:4] == [
-        "🚀 Training started",
-        "📈 out",
-        "⚠️ Training ended without finishing",
-        "🚀 Training started",
-    ]
+    # The first run is reported as unfinished when the second begins, once; the second's
+    # end is reported once too, and the process ends as it would without the notifier.
+    texts = slack_server.texts()
+    headlines = [t.split(":")[0] for t in texts]
+    ending = "❌ Training failed" if second == "crash" else "🛑 Training terminated"
+    starts_and_ends = [h for h in headlines if h != "📈 out"]  # progress may be overtaken
+    if callback == "same":  # one outbox: in order
+        assert starts_and_ends == ["🚀 Training started", UNFINISHED, "🚀 Training started", ending]
+    else:  # two outboxes, each in order
+        assert sorted(starts_and_ends) == sorted([UNFINISHED, ending] + 2 * ["🚀 Training started"])
+    (unfinished,) = [t for t in texts if t.startswith(UNFINISHED)]
+    assert "At step 5/" in unfinished  # the first run's
     if second == "crash":
         assert run.returncode == 1
         assert run.stderr.rstrip().endswith("\nRuntimeError: boom at forward call 7")
-        assert [h for h in headlines[4:] if h != "📈 out"] == ["❌ Training failed"]
+        (failed,) = [t for t in texts if t.startswith(ending)]
+        assert "\nRuntimeError: boom at forward call 7\n" in failed
     else:
         assert run.returncode == -signal.SIGTERM
-        assert [h for h in headlines[4:] if h != "📈 out"] == ["🛑 Training terminated"]
     assert "Error in sys.excepthook" not in run.stderr and "RecursionError" not in run.stderr
+
+
+def test_a_crash_waits_for_a_hung_backend_once_within_flush_timeout(
+    slack_server: SlackServer, tmp_path: Path
+) -> None:
+    # The crash's flush and the atexit handler's share one deadline and one warning.
+    slack_server.default = Behaviour("hang")
+    flush_timeout = 3.0
+    extra = [*CRASH, "--stamp", "--flush-timeout", str(flush_timeout), "--option", "timeout=60"]
+    run = runner.run(_args(tmp_path, slack_server, *extra), runner.script_env(TOKEN))
+
+    assert run.returncode == 1
+    assert _traceback(run.stderr).endswith("RuntimeError: boom at forward call 6")
+    gave_up = [w for w in run.warnings() if "gave up waiting" in w]
+    assert len(gave_up) == 1, run.stderr
+    assert "to slack #train after 3.0s (flush_timeout)" in gave_up[0]
+    last_step = float(run.stdout.split("step 5 at ")[1].split()[0])
+    atexit_done = float(run.stdout.split("atexit done at ")[1].split()[0])
+    # From the last step before the crash to the atexit handlers being done.
+    assert flush_timeout <= atexit_done - last_step <= flush_timeout + ATEXIT_MARGIN
+    assert TOKEN not in run.output

@@ -1,8 +1,10 @@
-"""Under torchrun (2 CPU processes, gloo) Slack hears each event once, and a crash on one rank
-is reported by that rank with its real exception."""
+"""Under torchrun (2 CPU processes, gloo) Slack hears each event once, a crash on one rank
+is reported by that rank with its real exception, and a SIGTERM to the job once."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -15,8 +17,8 @@ from slack_server import SlackServer
 TIMEOUT = 180.0
 
 
-def _torchrun(tmp_path: Path, server: SlackServer, *extra: str) -> runner.Run:
-    args = [
+def _torchrun_args(tmp_path: Path, server: SlackServer, *extra: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -35,6 +37,10 @@ def _torchrun(tmp_path: Path, server: SlackServer, *extra: str) -> runner.Run:
         server.base_url,
         *extra,
     ]
+
+
+def _torchrun(tmp_path: Path, server: SlackServer, *extra: str) -> runner.Run:
+    args = _torchrun_args(tmp_path, server, *extra)
     return runner.run(args, runner.script_env(TOKEN), timeout=TIMEOUT)
 
 
@@ -72,4 +78,24 @@ def test_a_crash_on_one_rank_is_reported_by_that_rank(
     # most, and never as the root cause.
     others = [t for t in errors if t not in by_rank_1]
     assert len(others) <= 1 and all("(rank 0 of 2)" in t and "boom" not in t for t in others)
+    assert TOKEN not in run.output
+
+
+def test_a_sigterm_to_the_job_is_reported_once_by_rank_zero(
+    slack_server: SlackServer, tmp_path: Path
+) -> None:
+    # As SLURM preempts: SIGTERM to the whole process group (torchrun passes it on as well,
+    # so each rank gets it twice).
+    args = _torchrun_args(tmp_path, slack_server, "--slow", "0.02", "--epochs", "1000", "--mark")
+    job = runner.Live(args, runner.script_env(TOKEN), session=True)
+    job.wait_for_line("training")  # past step 1 on one rank, so past train_begin on both
+    slack_server.wait_for(1, timeout=TIMEOUT)
+    os.killpg(job.process.pid, signal.SIGTERM)
+    run = job.finish(TIMEOUT)
+
+    assert run.returncode != 0
+    errors = [t for t in slack_server.texts() if not t.startswith(("🚀", "📈"))]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("🛑 Training terminated: out\n")
+    assert "(rank 0 of 2)" in errors[0]
     assert TOKEN not in run.output

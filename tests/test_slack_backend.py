@@ -15,7 +15,7 @@ from transformers import EvalPrediction
 
 import notifier
 from conftest import TOKEN
-from notifier import ConfigurationError, Message, SlackCallback, get_backend
+from notifier import ConfigurationError, Message, NotifierCallback, SlackCallback, get_backend
 from slack_server import Behaviour, SlackServer
 from tiny import make_trainer
 
@@ -415,6 +415,28 @@ def test_check_raises_configuration_error_with_the_fix(
     assert fix in str(caught.value)
     assert TOKEN not in str(caught.value)
     assert TOKEN not in caplog.text
+
+
+def test_a_wrong_web_api_address_is_named_by_check_and_switches_delivery_off(
+    slack_env: SlackServer, tmp_path: Path, notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    # A base_url that is no Slack: an HTML 404 page, whatever the method.
+    slack_env.default = Behaviour("status", status=404, error="<html>Not Found</html>")
+    backend = get_backend("slack", base_url=slack_env.base_url)
+    with pytest.raises(ConfigurationError) as caught:
+        backend.check()
+    where = f"127.0.0.1:{slack_env.port}"
+    assert str(caught.value) == (
+        f"slack backend: auth.test failed: HTTP 404: there is no Slack Web API at {where}: "
+        "check base_url (SLACK_BASE_URL); Slack's own is https://slack.com/api/"
+    )
+    callback = NotifierCallback([backend], config=False)
+    make_trainer(tmp_path / "run", [callback]).train()
+    assert callback.flush(10)
+    assert len(slack_env.posted()) == 1  # not retried, and nothing more is tried
+    warnings = [r.getMessage() for r in notifier_logs.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"no Slack Web API at {where}" in warnings[0], warnings
+    assert "switched off" in warnings[0]
 
 
 def test_webhook_check_posts_nothing(slack_server: SlackServer) -> None:

@@ -338,6 +338,21 @@ path = "{out}"
     assert [line["event"] for line in lines] == ["train_begin", "train_end"]
 
 
+def test_only_improvements_from_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "notifier.toml"
+    config.write_text(
+        'events = ["evaluate"]\nonly_improvements = {metric = "loss", greater_is_better = true}\n',
+        encoding="utf-8",
+    )
+    backend = RecordingBackend()
+    trainer = run(
+        tmp_path, NotifierCallback([backend], config=config), epochs=4, eval_strategy="epoch"
+    )
+    losses = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    sent = [m.context["eval_metrics"]["eval_loss"] for m in backend.messages]
+    assert sent == sorted(sent) and sent[0] == losses[0] and len(sent) < len(losses)
+
+
 def test_arguments_beat_environment_beat_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

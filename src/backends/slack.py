@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import http.client
 import json
 import logging
 import math
@@ -36,6 +37,7 @@ from slack_sdk.webhook import WebhookClient
 import notifier
 from notifier.backend import check_options, option
 from notifier.errors import ConfigurationError, DeliveryError
+from notifier.http import host_of
 from notifier.secrets import get_logger, redact
 
 from .slack_layout import (
@@ -728,7 +730,7 @@ class SlackBackend(notifier.Backend):
         self._retries.retried.clear()
         try:
             response = self._webhook.send(**payload)
-        except (SlackClientError, OSError, ValueError) as exc:
+        except (SlackClientError, OSError, ValueError, http.client.HTTPException) as exc:
             raise self._unreachable(exc) from None
         status = response.status_code
         if status != 200:
@@ -759,7 +761,7 @@ class SlackBackend(notifier.Backend):
             answer = exc.response.data if isinstance(exc.response.data, dict) else {}
             status = exc.response.status_code
             raise self._error(_code(answer.get("error"), status), status) from None
-        except (SlackClientError, OSError, ValueError) as exc:
+        except (SlackClientError, OSError, ValueError, http.client.HTTPException) as exc:
             raise self._unreachable(exc) from None
         self._report_retries(method.replace("_", "."))
         data = getattr(response, "data", None)
@@ -772,8 +774,20 @@ class SlackBackend(notifier.Backend):
         reason = getattr(exc, "reason", exc)
         return DeliveryError(f"Slack unreachable: {type(exc).__name__}: {redact(str(reason))}")
 
+    def _not_found(self) -> str:
+        """The fix for an HTTP 404 that carries no Slack error code: a wrong address."""
+        if self._webhook is not None:
+            return "the webhook URL is unknown or was removed: check SLACK_WEBHOOK_URL"
+        where = host_of(self._client.base_url) if self._client is not None else "?"
+        return (
+            f"there is no Slack Web API at {where}: check base_url (SLACK_BASE_URL); "
+            "Slack's own is https://slack.com/api/"
+        )
+
     def _error(self, code: str, status: int) -> DeliveryError:
         fix = FATAL_ERRORS.get(code)
+        if fix is None and code in ("HTTP 404", "HTTP 410"):
+            fix = self._not_found()
         if fix is not None:
             error = DeliveryError(f"{code}: {fix.format(channel=self.channel)}", disable=True)
         elif status == 429:
@@ -884,12 +898,17 @@ class SlackBackend(notifier.Backend):
             self._client.auth_test()
         except SlackApiError as exc:
             data = exc.response.data if isinstance(exc.response.data, dict) else {}
-            code = str(data.get("error") or f"HTTP {exc.response.status_code}")
-            fix = FATAL_ERRORS.get(code, "see https://api.slack.com/methods/auth.test")
+            code = _code(data.get("error"), exc.response.status_code)
+            fix = FATAL_ERRORS.get(code) or (
+                self._not_found()
+                if code in ("HTTP 404", "HTTP 410")
+                else "see https://api.slack.com/methods/auth.test"
+            )
             raise ConfigurationError(f"slack backend: auth.test failed: {code}: {fix}") from None
-        except OSError as exc:
+        except (SlackClientError, OSError, ValueError, http.client.HTTPException) as exc:
+            reason = redact(str(getattr(exc, "reason", exc)))
             raise ConfigurationError(
-                f"slack backend: cannot reach Slack: {type(exc).__name__}"
+                f"slack backend: cannot reach Slack ({type(exc).__name__}: {reason})"
             ) from None
 
 

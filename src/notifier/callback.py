@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import functools
 import html
 import math
@@ -11,7 +10,6 @@ import re
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,7 +22,7 @@ from .config import UNTHROTTLED, Config, load_config
 from .context import RunTracker, plain_metrics, plain_value
 from .errors import ConfigurationError
 from .filters import MISSING
-from .guard import CrashGuard
+from .guard import CrashGuard, track
 from .outbox import Outbox
 from .plugins import get_backend
 from .secrets import get_logger, redact
@@ -37,7 +35,8 @@ DEFAULT_EVENTS: tuple[str, ...] = ("train_begin", "epoch_end", "train_end", "tra
 CRITICAL_EVENTS = frozenset({"train_begin", "train_end", "train_error", "alert"})
 #: Sent only to backends asking for it (``Backend.progress_interval``), whatever ``events`` says.
 TICK_EVENT = "progress"
-#: Sent by every rank; everything else only by world process zero.
+#: Sent by every rank; everything else only by world process zero. Of train_error, other
+#: ranks send crashes only: a signal or an abandoned run is the whole job's (_report_end).
 ANY_RANK_EVENTS = frozenset({"train_error"})
 CHECKPOINT_PREFIX = "checkpoint"  # transformers.trainer_utils.PREFIX_CHECKPOINT_DIR
 
@@ -217,6 +216,7 @@ class NotifierCallback(TrainerCallback):
             "max_backlog": max_backlog,
             "alerts": alerts,
             "stall_after": stall_after,
+            "only_improvements": only_improvements,
             "plots": plots,
             "throttle": throttle,
             "routes": routes,
@@ -244,7 +244,7 @@ class NotifierCallback(TrainerCallback):
         self.backends = _resolve_backends(cfg.build_backends(backends))
         self.flush_timeout = float(flush_timeout)
         self._alerts = _resolve_alerts(settings.get("alerts"))
-        self._improvement = _resolve_improvement(only_improvements)
+        self._improvement = _resolve_improvement(settings.get("only_improvements"))
         stall = settings.get("stall_after")
         self._stall = StallWatch(stall) if stall is not None else None
         self._plots = bool(settings.get("plots", False))
@@ -286,10 +286,10 @@ class NotifierCallback(TrainerCallback):
         self._epoch_end_step = -1
         self._hook_errors: set[str] = set()
         self._render_errors: set[tuple[str, str]] = set()
-        self._exit_registered = False
+        self._tracked = False
         self._watchdog: threading.Thread | None = None
         self._watchdog_stop = threading.Event()
-        self._guard = CrashGuard(self._report_end, self._flush_for_exit)
+        self._guard = CrashGuard(self._report_end)
 
     def _route_events(
         self, routes: Mapping[str, Sequence[str]], *, from_file: bool
@@ -373,9 +373,10 @@ class NotifierCallback(TrainerCallback):
         self._next_tick = min((r.next_tick for r in self._ticking), default=None)
         self._start_watchdog(state)
         self._guard.arm()
-        if not self._exit_registered:
-            self._exit_registered = True
-            atexit.register(_at_exit, weakref.ref(self))
+        if not self._tracked:
+            # Flushed at exit even if this callback has been garbage-collected by then.
+            self._tracked = True
+            track(self, [r.outbox for r in self._routes], self.flush_timeout)
         self._emit("train_begin")
 
     @_isolated
@@ -695,6 +696,8 @@ class NotifierCallback(TrainerCallback):
         """Called by the guard when the run ends without on_train_end."""
         self._active = False
         self._stop_watchdog()
+        if kind != "crash" and not self._is_zero:
+            return  # a signal or an abandoned run ends every rank: world process zero says so
         if self._pending_epoch is not None or self._held:
             self._release_epoch()
         error: dict[str, Any]
@@ -718,9 +721,6 @@ class NotifierCallback(TrainerCallback):
             }
         self._emit("train_error", error=error, attachments=self._curves())
 
-    def _flush_for_exit(self) -> None:
-        self.flush()
-
 
 def _error_for(error: dict[str, Any], max_length: int) -> dict[str, Any]:
     """The error as plain values, with the traceback trimmed to leave room in the message."""
@@ -728,19 +728,6 @@ def _error_for(error: dict[str, Any], max_length: int) -> dict[str, Any]:
     plain = {k: v for k, v in error.items() if k != "exception"}
     plain["traceback"] = _traceback_tail(exc, max(max_length // 2, 200)) if exc else None
     return plain
-
-
-def _at_exit(ref: weakref.ReferenceType[NotifierCallback]) -> None:
-    callback = ref()
-    if callback is None:
-        return
-    try:
-        if callback._guard.armed:
-            callback._guard.report_unfinished()
-        else:
-            callback.flush()
-    except Exception:  # noqa: BLE001 - exit must not be disturbed
-        logger.exception("notifier: error while flushing at exit")
 
 
 class SlackCallback(NotifierCallback):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .alerts import AlertRules, parse_thresholds
+from .alerts import AlertRules, Improvement, parse_thresholds
 from .errors import ConfigurationError
 from .secrets import get_logger
 from .templates import EVENTS
@@ -49,6 +49,8 @@ KEYS: dict[str, str] = {
     "flush_timeout": "seconds to wait for pending messages at exit",
     "max_backlog": "progress messages kept per backend while it is behind",
     "stall_after": "seconds without a training step before a stall alert",
+    "only_improvements": 'the eval metric whose improvements alone are reported: "eval_loss", '
+    'or a table: {metric = "eval_wer", greater_is_better = false}',
     "plots": "attach a PNG of the training curves where the backend supports it (true/false)",
 }
 
@@ -104,6 +106,8 @@ class Config:
     flush_timeout: float | None = None
     max_backlog: int | None = None
     stall_after: float | None = None
+    #: ``Improvement`` keyword arguments (``metric``, optionally ``greater_is_better``).
+    only_improvements: dict[str, Any] | None = None
     plots: bool | None = None
     origins: dict[str, str] = field(default_factory=dict)
 
@@ -112,7 +116,8 @@ class Config:
 
         Keys: backends (list of names), events (list), templates (Path),
         flush_timeout, max_backlog, alerts (a new ``AlertRules``), throttle
-        ({event: {option: value}}), routes ({backend: [events]}), stall_after, plots.
+        ({event: {option: value}}), routes ({backend: [events]}), stall_after, plots,
+        only_improvements (a new ``Improvement``).
         Explicit arguments go on top: ``{**config.callback_kwargs(), **explicit}``.
         """
         kwargs: dict[str, Any] = {}
@@ -136,6 +141,8 @@ class Config:
             kwargs["stall_after"] = self.stall_after
         if self.plots is not None:
             kwargs["plots"] = self.plots
+        if self.only_improvements is not None:
+            kwargs["only_improvements"] = Improvement(**self.only_improvements)
         return kwargs
 
     def build_backends(
@@ -460,6 +467,8 @@ def _validate_file(table: dict[str, Any], where: str, directory: Path) -> dict[s
         )
     if "stall_after" in table:
         out["stall_after"] = _seconds(table["stall_after"], where, "stall_after", positive=True)
+    if "only_improvements" in table:
+        out["only_improvements"] = _improvement(table["only_improvements"], where)
     if "max_backlog" in table:
         value = table["max_backlog"]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -487,6 +496,22 @@ def _backends(value: Any, where: str) -> tuple[tuple[str, ...], dict[str, dict[s
             options[name] = dict(opts)
         return tuple(options), options
     return _names(value, where, "backends"), {}
+
+
+def _improvement(value: Any, where: str) -> dict[str, Any]:
+    if isinstance(value, str) and value:
+        return {"metric": value}
+    if isinstance(value, dict) and isinstance(value.get("metric"), str) and value["metric"]:
+        unknown = sorted(set(value) - {"metric", "greater_is_better"})
+        better = value.get("greater_is_better")
+        if not unknown and (better is None or isinstance(better, bool)):
+            return dict(value)
+    raise _fail(
+        where,
+        "only_improvements",
+        f'must be an eval metric name ("eval_loss") or a table {{metric = "eval_wer", '
+        f"greater_is_better = false}}, got {value!r}",
+    )
 
 
 def _alerts(value: Any, where: str) -> dict[str, Any]:

@@ -6,19 +6,34 @@ transformers has no exception hook, so while a run is live the guard chains
 what was there before, so the exit code and signal behaviour stay as they
 were. ``disarm`` restores the previous hooks, or, where someone installed
 theirs on top of ours, leaves ours in place but inert.
+
+Process-wide: a registry of armed guards (a run that begins on a thread retires
+an earlier run of that thread that never ended, so only the newest one reports),
+and the flush at exit, which holds every callback's outboxes with work still
+queued (so messages survive the callback being garbage-collected) and waits
+against one exit deadline shared by every exit-time flush (a crash's, a
+SIGTERM's, the atexit handler's), warning once per backend.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .secrets import get_logger
+
+if TYPE_CHECKING:
+    from .outbox import Outbox
 
 logger = get_logger("notifier")
 
@@ -32,10 +47,96 @@ def kind_of(exc: BaseException | None) -> str:
     return "crash" if exc is not None else "unfinished"
 
 
+# -- process-wide state ------------------------------------------------------------------
+# Re-entrant: a SIGTERM handler may run on the main thread while it holds the lock.
+_lock = threading.RLock()
+#: Armed guards, oldest first. Strong: an armed run must be reportable at exit.
+_armed: list[CrashGuard] = []
+
+
+@dataclass
+class _Tracked:
+    """One callback's outboxes, flushed at exit; kept after the callback is collected
+    for as long as any of them has work queued."""
+
+    owner: weakref.ReferenceType[Any]
+    outboxes: tuple[Outbox, ...]
+    timeout: float
+    pid: int
+
+    def needed(self) -> bool:
+        return self.owner() is not None or any(o.pending for o in self.outboxes)
+
+
+_tracked: list[_Tracked] = []
+_exit_registered_pid = 0
+#: The one exit deadline (time.monotonic), set by the first exit-time flush; a new run clears it.
+_exit_deadline: float | None = None
+#: Outboxes (by id) already warned about at this exit.
+_warned: set[int] = set()
+
+
+def track(owner: object, outboxes: Sequence[Outbox], timeout: float) -> None:
+    """Have ``outboxes`` flushed at exit (within ``timeout``), even if ``owner`` is gone by then."""
+    global _exit_registered_pid
+    pid = os.getpid()
+    with _lock:
+        _tracked[:] = [t for t in _tracked if t.pid == pid and t.needed()]
+        _tracked.append(_Tracked(weakref.ref(owner), tuple(outboxes), timeout, pid))
+        if _exit_registered_pid != pid:  # once per process (again in a forked child)
+            _exit_registered_pid = pid
+            atexit.register(_at_exit, pid)
+
+
+def flush_at_exit() -> bool:
+    """Wait for every tracked outbox with work queued, all against the process's one exit
+    deadline; warn once per backend that is still behind when it passes. False if any is."""
+    global _exit_deadline
+    pid = os.getpid()
+    with _lock:
+        busy = [(o, t.timeout) for t in _tracked if t.pid == pid for o in t.outboxes if o.pending]
+        if not busy:
+            return True
+        now = time.monotonic()
+        if _exit_deadline is None:
+            _exit_deadline = now + max(timeout for _, timeout in busy)
+        deadline = _exit_deadline
+    done = True
+    for outbox, timeout in busy:
+        left = min(deadline, now + timeout) - time.monotonic()
+        if outbox.flush(max(left, 0.0)):
+            continue
+        done = False
+        with _lock:
+            first = id(outbox) not in _warned
+            _warned.add(id(outbox))
+        logger.log(
+            logging.WARNING if first else logging.DEBUG,
+            "notifier: gave up waiting for %d message(s) to %s after %.1fs (flush_timeout)",
+            outbox.pending,
+            outbox.backend.describe(),
+            timeout,
+        )
+    return done
+
+
+def _at_exit(pid: int) -> None:
+    if os.getpid() != pid:
+        return  # inherited by a forked child, which registers its own
+    try:
+        with _lock:
+            unfinished = [g for g in _armed if g._pid == pid]
+        for guard in unfinished:
+            guard.report_unfinished()
+        flush_at_exit()
+    except Exception:  # noqa: BLE001 - exit must not be disturbed
+        logger.exception("notifier: error while flushing at exit")
+
+
 class CrashGuard:
     """Hooks that report a live run's abnormal end exactly once."""
 
-    def __init__(self, report: Report, flush: Callable[[], None]) -> None:
+    def __init__(self, report: Report, flush: Callable[[], object] = flush_at_exit) -> None:
         self._report = report
         self._flush = flush
         self.armed = False
@@ -47,17 +148,32 @@ class CrashGuard:
         self._excepthook_installed = False
         self._thread_hook_installed = False
         self._sigterm_installed = False
+        self._in_sigterm = False
         self._ipython: Any = None
 
     # -- installing -------------------------------------------------------------------
     # Each hook is tracked on its own: one that someone chained on top of stays installed
     # (inert while disarmed) and is never installed twice, which would chain it to itself.
     def arm(self) -> None:
+        global _exit_deadline
         if self.armed:
             return
+        pid, here = os.getpid(), threading.current_thread()
+        with _lock:
+            # A run of this thread (or of a thread gone since) that never ended was
+            # abandoned: report it now, so that only this run's hooks report from here on.
+            # A run training on another live thread goes on and keeps its own hooks.
+            _armed[:] = [g for g in _armed if g._pid == pid]
+            stale = [g for g in _armed if g._thread is here or not _alive(g._thread)]
+            _exit_deadline = None  # a new run: the process is not exiting after all
+            _warned.clear()
+        for guard in stale:
+            guard.report_unfinished()
         self.armed = True
-        self._pid = os.getpid()
-        self._thread = threading.current_thread()
+        self._pid = pid
+        self._thread = here
+        with _lock:
+            _armed.append(self)
         if not self._excepthook_installed:
             self._prev_excepthook = sys.excepthook
             sys.excepthook = self._excepthook
@@ -98,7 +214,7 @@ class CrashGuard:
         Also called after a report (which by itself only stops reporting), so the
         process's hooks are back as they were once the run is over either way.
         """
-        self.armed = False
+        self._forget()
         if self._excepthook_installed and sys.excepthook == self._excepthook:
             sys.excepthook = self._prev_excepthook
             self._excepthook_installed = False
@@ -119,6 +235,12 @@ class CrashGuard:
                 pass
             self._ipython = None
 
+    def _forget(self) -> None:
+        self.armed = False
+        with _lock:
+            if self in _armed:
+                _armed.remove(self)
+
     # -- reporting --------------------------------------------------------------------
     def _fire(self, kind: str, exc: BaseException | None, *, flush: bool = True) -> bool:
         """Report once, from the process that armed us (not a forked DataLoader worker).
@@ -127,7 +249,7 @@ class CrashGuard:
         """
         if not self.armed or os.getpid() != self._pid:
             return False
-        self.armed = False
+        self._forget()
         try:
             self._report(kind, exc)
             if flush:
@@ -143,20 +265,31 @@ class CrashGuard:
             logger.warning("notifier: stopped waiting for pending messages")
 
     def report_unfinished(self) -> None:
-        """For process exit, or a new run on the same callback: the run began and never ended."""
-        self._fire("unfinished", None)
+        """The run began and never ended (process exit, or a new run on this thread).
+        Queued, not flushed: the flush at exit delivers it."""
+        self._fire("unfinished", None, flush=False)
+        self.disarm()
+
+    def _elsewhere(self) -> bool:
+        """Whether the run trains on another thread that is still alive."""
+        thread = self._thread
+        return thread is not None and thread is not threading.current_thread() and thread.is_alive()
 
     def _excepthook(
         self, exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
     ) -> None:
+        # An uncaught exception on the main thread ends a run of the main thread; a run
+        # on another thread goes on (the interpreter waits for it) and reports its own end.
+        ours = self._thread is None or self._thread is threading.current_thread()
         reported = False
-        if not isinstance(exc, SystemExit) or exc.code not in (None, 0):
+        if ours and (not isinstance(exc, SystemExit) or exc.code not in (None, 0)):
             reported = self._fire(kind_of(exc), exc, flush=False)
         previous = (
             self._prev_excepthook if self._prev_excepthook is not None else sys.__excepthook__
         )
         previous(exc_type, exc, tb)  # the traceback first: the user is watching the terminal
-        self.disarm()
+        if ours:
+            self.disarm()
         if reported:
             self._flush_quietly()
 
@@ -174,10 +307,18 @@ class CrashGuard:
             self._flush_quietly()
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        previous = self._prev_sigterm
-        if os.getpid() == self._pid:
-            self._fire("terminated", None)
-            self.disarm()
+        if self._in_sigterm:
+            # A second SIGTERM while this one is reported (torchrun passes on the one a
+            # whole process group got): the first ends the process once the flush is over.
+            return
+        self._in_sigterm = True
+        try:
+            previous = self._prev_sigterm
+            if os.getpid() == self._pid:
+                self._fire("terminated", None)
+                self.disarm()
+        finally:
+            self._in_sigterm = False
         if callable(previous):
             previous(signum, frame)
         elif previous == signal.SIG_DFL:
@@ -186,6 +327,16 @@ class CrashGuard:
             os.kill(os.getpid(), signum)
 
     def _post_run_cell(self, result: Any) -> None:
-        error = getattr(result, "error_in_exec", None)
-        self._fire(kind_of(error), error)
+        # The cell has ended, and with it a train() it ran; a run training on a
+        # background thread the cell started goes on and reports its own end.
+        if self._elsewhere():
+            return
+        error = None
+        if self._thread is None or self._thread is threading.current_thread():
+            error = getattr(result, "error_in_exec", None)
+        self._fire(kind_of(error), error, flush=False)  # the kernel lives on: no waiting
         self.disarm()
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()

@@ -81,8 +81,8 @@ class Run:
 class Live:
     """A running process whose output is read as it comes, to wait for a line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = start(args, env)
+    def __init__(self, args: list[str], env: dict[str, str], *, session: bool = False) -> None:
+        self.process = start(args, env, session=session)
         self._lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         self._changed = threading.Condition()
         self._readers = [
@@ -137,9 +137,15 @@ def command(*args: str) -> list[str]:
     return [sys.executable, str(SCRIPT), *args]
 
 
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+def start(args: list[str], env: dict[str, str], *, session: bool = False) -> subprocess.Popen[str]:
+    """Start ``args``; with ``session``, as the leader of a new process group (for killpg)."""
     return subprocess.Popen(
-        args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=session,
     )
 
 

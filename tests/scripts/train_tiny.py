@@ -74,10 +74,14 @@ def parse() -> argparse.Namespace:
         choices=["normal", "crash"],
         help="after a caught exception, train again: normally, or crashing again (uncaught)",
     )
+    p.add_argument(
+        "--new-callback", action="store_true", help="with --then: a new callback for the new run"
+    )
     p.add_argument("--slow", type=float, default=0.0, help="seconds to sleep per forward")
     p.add_argument("--twice", action="store_true", help="train twice in this process")
     p.add_argument("--user-sigterm", action="store_true", help="install a SIGTERM handler")
     p.add_argument("--mark", action="store_true", help="print 'training' after the first step")
+    p.add_argument("--stamp", action="store_true", help="print 'step N at T' after every step")
     return p.parse_args()
 
 
@@ -87,6 +91,13 @@ class Mark(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.global_step == 1:
             print("training", flush=True)
+
+
+class Stamp(TrainerCallback):
+    """Prints each step's end time (wall clock), to time what follows the last one."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        print(f"step {state.global_step} at {time.time()!r}", flush=True)
 
 
 def user_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -101,6 +112,19 @@ def _exiting() -> None:
     os.write(sys.stdout.fileno(), f"atexit done at {time.time()!r}\n".encode())
 
 
+def notifier_callback(opts: argparse.Namespace) -> Any:
+    from notifier import NotifierCallback, get_backend
+
+    backend_options: dict[str, Any] = {"base_url": opts.base_url}
+    for item in opts.option:
+        key, _, value = item.partition("=")
+        backend_options[key] = json.loads(value)
+    callback_options: dict[str, Any] = {}
+    if opts.flush_timeout is not None:
+        callback_options["flush_timeout"] = opts.flush_timeout
+    return NotifierCallback([get_backend("slack", **backend_options)], **callback_options)
+
+
 def main() -> int:
     opts = parse()
     atexit.register(_exiting)
@@ -111,19 +135,10 @@ def main() -> int:
         signal.signal(signal.SIGTERM, user_sigterm)
 
     callbacks: list[Any] = [Mark()] if opts.mark else []
+    if opts.stamp:
+        callbacks.append(Stamp())
     if opts.base_url:
-        from notifier import NotifierCallback, get_backend
-
-        backend_options: dict[str, Any] = {"base_url": opts.base_url}
-        for item in opts.option:
-            key, _, value = item.partition("=")
-            backend_options[key] = json.loads(value)
-        callback_options: dict[str, Any] = {}
-        if opts.flush_timeout is not None:
-            callback_options["flush_timeout"] = opts.flush_timeout
-        callbacks.append(
-            NotifierCallback([get_backend("slack", **backend_options)], **callback_options)
-        )
+        callbacks.append(notifier_callback(opts))
 
     crash_at = opts.crash_at
     if opts.crash_rank is not None and int(os.environ.get("RANK", "0")) != opts.crash_rank:
@@ -149,6 +164,9 @@ def main() -> int:
         if opts.then is not None:
             if opts.then == "normal":
                 model.crash_at = None
+            if opts.new_callback and opts.base_url:
+                trainer.remove_callback(callbacks[-1])
+                trainer.add_callback(notifier_callback(opts))
             result["loss"] = trainer.train().training_loss
     result["returned_at"] = time.time()
     result["weights"] = [p.detach().flatten().tolist() for p in model.parameters()]
