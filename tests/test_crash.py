@@ -89,8 +89,16 @@ def test_caught_crash_is_reported_as_unfinished_by_exit(
     assert run.result["caught"] == "RuntimeError: boom at forward call 6"
     errors = _errors(slack_server)
     assert len(errors) == 1, slack_server.texts()
-    assert errors[0].startswith("⚠️ Training ended without finishing: out\nunfinished: ")
+    # With its cause: the exception the calling code caught, and the traceback's tail.
+    assert errors[0].startswith(
+        "⚠️ Training ended without finishing: out\nRuntimeError: boom at forward call 6 "
+        "(caught by the calling code; train() never ended)\n"
+    )
     assert "At step 5/8" in errors[0]
+    tail = errors[0].split("```")[1].strip()
+    assert 'in forward\n    raise RuntimeError(f"boom at forward call' in tail
+    assert tail.endswith("RuntimeError: boom at forward call 6")
+    assert "notifier_noted_this_error" not in tail  # the trap's frame is not in the traceback
     # Sent from the atexit handler: the last message, after the script's own output.
     assert slack_server.texts()[-1] == errors[0]
 

@@ -9,7 +9,6 @@ import os
 import re
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -27,6 +26,7 @@ from .outbox import Outbox
 from .plugins import get_backend
 from .secrets import get_logger, redact
 from .templates import EVENTS, Templates, TemplateSource
+from .trap import ErrorTrap, describe, find_trainer
 
 logger = get_logger("notifier")
 
@@ -175,8 +175,8 @@ class _Route:
     next_tick: float = 0.0
 
 
-def _traceback_tail(exc: BaseException, limit: int) -> str:
-    text = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip())
+def _traceback_tail(text: str, limit: int) -> str:
+    text = redact(text)
     if len(text) <= limit:
         return text
     # Keep whole lines from the end: the innermost frames and the error are what matter.
@@ -289,6 +289,7 @@ class NotifierCallback(TrainerCallback):
         self._tracked = False
         self._watchdog: threading.Thread | None = None
         self._watchdog_stop = threading.Event()
+        self._trap = ErrorTrap()
         self._guard = CrashGuard(self._report_end)
 
     def _route_events(
@@ -354,8 +355,10 @@ class NotifierCallback(TrainerCallback):
         if self._active:
             if getattr(args, "auto_find_batch_size", False) and args is self._args:
                 self._state = state  # a retry with a smaller batch: the same run goes on
+                self._trap.caught = None  # the out-of-memory error it recovered from
                 return
             self._guard.report_unfinished()  # the previous train() never reached its end
+        self._trap.install(find_trainer(self))
         self._args, self._state = args, state
         self._is_zero = bool(state.is_world_process_zero)
         self._tracker.reset()
@@ -474,6 +477,7 @@ class NotifierCallback(TrainerCallback):
         if self._pending_epoch is not None or self._held:
             self._release_epoch()
         self._guard.disarm()
+        self._trap.uninstall()
         self._active = False
         self._stop_watchdog()
         self._emit("train_end", attachments=self._curves())
@@ -703,30 +707,29 @@ class NotifierCallback(TrainerCallback):
         error: dict[str, Any]
         if kind == "terminated":
             error = {"kind": kind, "type": "SIGTERM", "message": "the process was sent SIGTERM"}
-        elif exc is None:
+        elif exc is not None:
+            error = {"kind": kind, **describe(exc)}
+        elif self._trap.caught is not None:
+            # The training loop raised, and the calling code caught it.
+            caught = self._trap.caught
+            message = f"{caught['message']} (caught by the calling code; train() never ended)"
+            error = {"kind": kind, **caught, "message": message}
+        else:
             error = {
                 "kind": kind,
                 "type": "unfinished",
                 "message": "train() never reached its end; the error, if any, was caught by the "
                 "calling code",
             }
-        else:
-            name = type(exc).__qualname__
-            module = type(exc).__module__
-            error = {
-                "kind": kind,
-                "type": name if module == "builtins" else f"{module}.{name}",
-                "message": redact(str(exc)),
-                "exception": exc,
-            }
+        error["message"] = redact(error["message"])
         self._emit("train_error", error=error, attachments=self._curves())
 
 
 def _error_for(error: dict[str, Any], max_length: int) -> dict[str, Any]:
     """The error as plain values, with the traceback trimmed to leave room in the message."""
-    exc = error.get("exception")
-    plain = {k: v for k, v in error.items() if k != "exception"}
-    plain["traceback"] = _traceback_tail(exc, max(max_length // 2, 200)) if exc else None
+    text = error.get("traceback")
+    plain = dict(error)
+    plain["traceback"] = _traceback_tail(text, max(max_length // 2, 200)) if text else None
     return plain
 
 
