@@ -9,7 +9,17 @@ import pytest
 from jinja2 import Undefined
 
 from notifier.context import sample_context
-from notifier.filters import FILTERS, MISSING, bar, duration, metrics, number, percent
+from notifier.filters import (
+    FILTERS,
+    MISSING,
+    bar,
+    duration,
+    metrics,
+    number,
+    percent,
+    rounded,
+    string,
+)
 from notifier.templates import Templates
 
 NAN, INF = math.nan, math.inf
@@ -153,7 +163,31 @@ def test_every_filter_is_registered() -> None:
         "number": number,
         "bar": bar,
         "metrics": metrics,
+        "string": string,
+        "round": rounded,
     }
+
+
+@pytest.mark.parametrize(
+    ("template", "value", "expected"),
+    [
+        ("{{ best_metric|string }}", None, MISSING),
+        ("{{ best_metric|string }}", 0.25, "0.25"),
+        ("{{ best_metric|round(2) }}", None, MISSING),
+        ("{{ best_metric|round(2) }}", 0.2874, "0.29"),
+        ("{{ best_metric|round(1, 'floor') }}", 0.2874, "0.2"),
+        ("{{ (best_metric|string) ~ '!' }}", None, MISSING + "!"),
+    ],
+)
+def test_jinja_filters_never_print_none_nor_fail_on_a_missing_value(
+    template: str, value: Any, expected: str
+) -> None:
+    # Jinja's own would print "None" or raise TypeError, and the message would fall back.
+    context = {**sample_context("train_end"), "best_metric": value}
+    rendered = Templates({"train_end": template}, events=("train_end",)).render(
+        "train_end", context
+    )
+    assert rendered["text"] == expected
 
 
 TEMPLATE = (

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jinja2 import Undefined
+from jinja2.filters import do_round
 
 MISSING = "—"
 
@@ -97,10 +98,28 @@ def metrics(values: Any, separator: str = " · ", all: bool = False) -> str:  # 
     return separator.join(shown) or MISSING
 
 
-FILTERS: dict[str, Callable[..., str]] = {
+def string(value: Any) -> str:
+    """Jinja's ``string``, except that a missing value is ``—``, never ``None``."""
+    if value is None or isinstance(value, Undefined):
+        return MISSING
+    return str(value)
+
+
+def rounded(value: Any, precision: int = 0, method: str = "common") -> Any:
+    """Jinja's ``round``, except that a missing value stays missing (shown as ``—``)
+    instead of failing the whole message."""
+    if _number_or_none(value) is None:
+        return None
+    return do_round(float(value), precision, method)  # type: ignore[arg-type]
+
+
+FILTERS: dict[str, Callable[..., Any]] = {
     "duration": duration,
     "percent": percent,
     "number": number,
     "bar": bar,
     "metrics": metrics,
+    # Jinja's own, made safe for missing values (None would print as "None" or raise).
+    "string": string,
+    "round": rounded,
 }
