@@ -700,6 +700,7 @@ class NotifierCallback(TrainerCallback):
         """Called by the guard when the run ends without on_train_end."""
         self._active = False
         self._stop_watchdog()
+        self._trap.uninstall()  # what it caught stays, for the report
         if kind != "crash" and not self._is_zero:
             return  # a signal or an abandoned run ends every rank: world process zero says so
         if self._pending_epoch is not None or self._held:
