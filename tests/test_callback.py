@@ -273,6 +273,39 @@ def test_real_auto_find_batch_size_sends_one_start_message(
     assert [m.context["global_step"] for m in recording.messages[1:]] == [5, 10, 10]
 
 
+def test_with_auto_find_batch_size_a_train_after_a_caught_crash_is_still_a_new_run(
+    tmp_path: Path, recording: RecordingBackend, process_hooks: None
+) -> None:
+    callback = notifier.NotifierCallback([recording], events=list(EVENTS))
+    model = TinyRegressor(crash_at=3)
+    trainer = make_trainer(tmp_path / "run", [callback], model=model, auto_find_batch_size=True)
+    with pytest.raises(RuntimeError, match="boom"):  # not an out-of-memory error: no retry
+        trainer.train()
+    model.crash_at = None
+    trainer.train()  # the same args: only the caught crash tells it from a batch-size retry
+    assert callback.flush(10)
+    assert recording.events == [
+        "train_begin",
+        "train_error",
+        "train_begin",
+        "epoch_end",
+        "epoch_end",
+        "train_end",
+    ]
+    assert recording.messages[1].context["error"]["type"] == "RuntimeError"
+
+
+def test_stats_keep_two_backends_of_one_name_apart(tmp_path: Path) -> None:
+    first, second = RecordingBackend(), RecordingBackend(fail=RuntimeError("down"))
+    callback = notifier.NotifierCallback([first, second], config=False)
+    make_trainer(tmp_path / "run", [callback], epochs=1).train()
+    assert callback.flush(10)
+    assert callback.stats == {
+        "recording": {"sent": 3, "dropped": 0, "failed": 0},
+        "recording#2": {"sent": 0, "dropped": 0, "failed": 3},
+    }
+
+
 # -- the logs dict ---------------------------------------------------------------------------
 
 

@@ -338,22 +338,24 @@ class NotifierCallback(TrainerCallback):
 
     @property
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per backend: messages sent, dropped when behind, and failed."""
-        return {
-            r.backend.name: {
-                "sent": r.outbox.sent,
-                "dropped": r.outbox.dropped,
-                "failed": r.outbox.failed,
-            }
-            for r in self._routes
-        }
+        """Per backend: messages sent, dropped when behind, and failed. Keyed by backend
+        name; a second backend of the same name is ``name#2``, and so on."""
+        found: dict[str, dict[str, int]] = {}
+        for route in self._routes:
+            key, n = route.backend.name, 1
+            while key in found:
+                n += 1
+                key = f"{route.backend.name}#{n}"
+            outbox = route.outbox
+            found[key] = {"sent": outbox.sent, "dropped": outbox.dropped, "failed": outbox.failed}
+        return found
 
     # -- Trainer hooks --------------------------------------------------------------------
     @_isolated
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._epoch_end_step = -1
         if self._active:
-            if getattr(args, "auto_find_batch_size", False) and args is self._args:
+            if self._batch_size_retry(args):
                 self._state = state  # a retry with a smaller batch: the same run goes on
                 self._trap.caught = None  # the out-of-memory error it recovered from
                 return
@@ -483,6 +485,14 @@ class NotifierCallback(TrainerCallback):
         self._emit("train_end", attachments=self._curves())
 
     # -- internals ------------------------------------------------------------------------
+    def _batch_size_retry(self, args: Any) -> bool:
+        """Whether this train_begin is ``auto_find_batch_size`` trying again after an
+        out-of-memory error, rather than a new train() after a crash the caller caught."""
+        if not getattr(args, "auto_find_batch_size", False) or args is not self._args:
+            return False
+        # With the Trainer's loop watched, a retry is known to follow an out-of-memory error.
+        return self._trap.caught_oom or not self._trap.installed
+
     def _merge_into_epoch(self, state: Any, **values: Any) -> bool:
         """Add an evaluation or checkpoint at an epoch's last step to its epoch message
         (held, or still to come); False when it is to be sent on its own."""

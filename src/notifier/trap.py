@@ -58,13 +58,16 @@ class ErrorTrap:
         #: The latest exception raised out of the training loop in this run, if any, as
         #: ``{"type": ..., "message": ..., "traceback": ...}`` (plain text).
         self.caught: dict[str, str] | None = None
+        #: Whether that exception is an out-of-memory error, which ``auto_find_batch_size``
+        #: recovers from by training again with a smaller batch.
+        self.caught_oom = False
         self._trainer: weakref.ReferenceType[Any] | None = None
         self._names: tuple[str, ...] = ()
 
     def install(self, trainer: Any) -> None:
         """Start a run: forget the last exception and wrap ``trainer``'s loop methods."""
         self.uninstall()
-        self.caught = None
+        self.caught, self.caught_oom = None, False
         if trainer is None:
             return
         names = WRAPPED if hasattr(trainer, "_run_epoch") else WRAPPED_OLD
@@ -76,6 +79,11 @@ class ErrorTrap:
                 wrapped.append(name)
         self._trainer = weakref.ref(trainer)
         self._names = tuple(wrapped)
+
+    @property
+    def installed(self) -> bool:
+        """Whether a Trainer's methods are wrapped (it was found on the stack)."""
+        return bool(self._names)
 
     def uninstall(self) -> None:
         """Remove the wrappers (the class's methods show through again)."""
@@ -98,11 +106,20 @@ class ErrorTrap:
                     exc.__traceback__ = tb.tb_next  # this frame: not part of the user's story
                 owner = trap()
                 if owner is not None:
-                    owner.caught = describe(exc)
+                    owner.caught, owner.caught_oom = describe(exc), out_of_memory(exc)
                 raise
 
         setattr(notifier_noted_this_error, _MARK, True)
         return notifier_noted_this_error
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error ``auto_find_batch_size`` retries (accelerate's test)."""
+    try:
+        from accelerate.utils.memory import should_reduce_batch_size
+    except ImportError:  # no accelerate, no auto_find_batch_size
+        return False
+    return isinstance(exc, Exception) and bool(should_reduce_batch_size(exc))
 
 
 def describe(exc: BaseException) -> dict[str, str]:
