@@ -237,9 +237,11 @@ def test_secret_pieces_of_urls_and_headers_leave_plain_words_readable() -> None:
     )
     found = set(backend.secrets())
     assert {AUTH, BEARER, HEADERS["X-Api-Key"], "SECRET-PATH-0123456789", "abc123def"} <= found
-    assert "Research-Team-7" in found  # a custom header's value is a secret unless plain
-    # Masking is by substring in every log line: plain words must stay readable.
-    assert not {"application/json", "notifier", "services", "Bearer", "hooks.example.org"} & found
+    # Any custom header's value is a secret, even one that looks like a plain word.
+    assert {"Research-Team-7", "notifier"} <= found
+    # Masking is by substring in every log line: content headers, the auth scheme and the
+    # URL's plain words stay readable.
+    assert not {"application/json", "services", "Bearer", "hooks.example.org"} & found
 
 
 def test_url_credentials_become_basic_auth(server: HTTPServer) -> None:
@@ -279,6 +281,18 @@ def test_configuration_errors_say_the_fix_without_secrets(
         notifier.get_backend("webhook", **options)
     assert needle in str(info.value)
     assert "SECRET-VALUE" not in str(info.value)
+
+
+def test_a_plain_word_api_key_is_masked_too(
+    server: HTTPServer, notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    backend = WebhookBackend(server.url_for(PATH), headers={"X-Api-Key": "opensesame"})
+    notifier.secrets.redact.add(*backend.secrets())
+    server.script(Behaviour.answer(401, {"message": "bad api key opensesame"}))
+    with pytest.raises(DeliveryError) as info:
+        backend.send(notifier.Message(event="train_begin", text="hello"))
+    assert "opensesame" not in str(info.value)
+    assert "opensesame" not in notifier.secrets.redact("key opensesame rejected")
 
 
 def test_post_json_hides_echoed_header_values_even_unregistered(server: HTTPServer) -> None:

@@ -144,18 +144,19 @@ def url_secrets(url: str) -> list[str]:
     found.add(urllib.parse.urlunsplit(("", "", parts.path, parts.query, "")))
     userinfo, _, hostport = parts.netloc.rpartition("@")
     user, _, password = userinfo.partition(":")
-    found |= {password, urllib.parse.unquote(password)}
+    found |= {password, urllib.parse.unquote(password)}  # whatever it looks like
     host = hostport.rsplit(":", 1)[0] if hostport.rsplit(":", 1)[-1].isdigit() else hostport
     pieces = [user, *parts.path.split("/"), *(v for _, v in urllib.parse.parse_qsl(parts.query))]
     if host != "localhost" and "." not in host:
         pieces += [hostport, host]
     for piece in pieces:
         found |= {p for p in (piece, urllib.parse.unquote(piece)) if token_like(p)}
-    return sorted(s for s in found if len(s) >= 6)
+    return sorted(s for s in found if s)
 
 
 #: Headers that only describe the content; their values are not masked (masking
-#: "application/json" everywhere would garble logs). Every other value is a secret.
+#: "application/json" everywhere would garble logs). Every other value is a secret,
+#: whatever it looks like (an API key may well be a plain word).
 PLAIN_HEADERS = frozenset({"accept", "accept-language", "content-language", "content-type"})
 
 
@@ -166,8 +167,7 @@ def header_secrets(headers: Mapping[str, str]) -> list[str]:
     for name, value in headers.items():
         if name.lower() in PLAIN_HEADERS or name.lower() == "user-agent":
             continue
-        if token_like(value) or len(value) >= 16:
-            found.add(value)
+        found.add(value)
         # The credentials after a scheme word ("Bearer", "Basic"), which stays readable.
         found |= {word for word in value.split() if token_like(word) and not word.isalpha()}
     return sorted(found)
