@@ -7,6 +7,7 @@ import logging
 import shutil
 import sys
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import notifier
 import notifier.templates
 from conftest import TOKEN, RecordingBackend
 from notifier.context import CONTEXT_NAMES, sample_context
+from notifier.plugins import default_registry
 from notifier.templates import Templates
 from slack_server import SlackServer
 from tiny import TinyRegressor, make_trainer
@@ -419,6 +421,9 @@ def test_a_folder_may_be_named_after_any_backend_in_use(tmp_path: Path) -> None:
         "{{ run_name ~ '' }}{% if error %}{{ error.message.upper() }}{% endif %}",
         '{% extends "_base.j2" %}{% block headline %}H{% endblock %}',  # a grandparent's block
         '{% import "_m.j2" as m %}{{ m.tag(run_name) }}',
+        # Names a parent defines: a macro, a top-level set, an import.
+        '{% extends "_defines.j2" %}'
+        "{% block headline %}{{ tag(banner) }}{{ m.tag(1) }}{% endblock %}",
     ],
 )
 def test_checks_do_not_reject_templates_that_work_at_run_time(text: str) -> None:
@@ -426,8 +431,30 @@ def test_checks_do_not_reject_templates_that_work_at_run_time(text: str) -> None
         "epoch_end": text,
         "_base": '{% extends "default:epoch_end.j2" %}',
         "_m": "{% macro tag(x) %}[{{ x }}]{% endmacro %}",
+        "_defines": '{% macro tag(x) %}<{{ x }}>{% endmacro %}{% set banner = "b" %}'
+        '{% import "_m.j2" as m %}{% block headline %}{% endblock %}',
     }
     Templates(files)
+
+
+def test_a_copy_of_the_default_templates_is_accepted_for_every_backend(tmp_path: Path) -> None:
+    # The way users start customising: copy the defaults (the e-mail ones use the layout's
+    # ``table`` macro), then edit.
+    shutil.copytree(
+        Path(str(resources.files("notifier_templates"))),
+        tmp_path / "mine",
+        ignore=shutil.ignore_patterns("*.py", "__pycache__"),
+    )
+    for name in ("console", "slack", "discord", "email", "webhook"):
+        cls = default_registry().get(name)
+        events = [e for e in notifier.templates.EVENTS if e != "progress" or cls.progress_interval]
+        Templates(
+            tmp_path / "mine",
+            backend=name,
+            parts=cls.parts,
+            optional_parts=cls.optional_parts,
+            events=events,
+        )
 
 
 @pytest.mark.parametrize(

@@ -440,8 +440,9 @@ class Templates:
         """Reject a user template that uses a name the context does not have (a typo)."""
         assert env.loader is not None
         source, filename, _ = env.loader.get_source(env, name)
-        unknown = meta.find_undeclared_variables(env.parse(source)) - set(CONTEXT_NAMES)
-        unknown -= set(env.globals)
+        tree = env.parse(source)
+        unknown = meta.find_undeclared_variables(tree) - set(CONTEXT_NAMES)
+        unknown -= set(env.globals) | _inherited_names(env, tree)
         if unknown:
             bad = sorted(unknown)[0]
             close = difflib.get_close_matches(bad, CONTEXT_NAMES, n=1)
@@ -458,6 +459,35 @@ class Templates:
         characters) is exactly "": the caller skips a message whose text is "".
         """
         return {part: _clean(t.render(context)) for part, t in self._templates[event].items()}
+
+
+def _inherited_names(env: jinja2.Environment, tree: nodes.Template, depth: int = 0) -> set[str]:
+    """Names a template's parents define for it: their macros, top-level ``{% set %}``s and
+    imports (``{% extends "default:email/_layout.html.j2" %}`` gives ``table``)."""
+    found: set[str] = set()
+    if depth > 10 or env.loader is None:
+        return found
+    for extends in tree.find_all(nodes.Extends):
+        if not isinstance(extends.template, nodes.Const):
+            continue
+        try:
+            source, _, _ = env.loader.get_source(env, str(extends.template.value))
+            parent = env.parse(source)
+        except jinja2.TemplateError:
+            continue  # a missing or broken parent is reported by the trial render
+        for node in parent.body:
+            if isinstance(node, nodes.Macro):
+                found.add(node.name)
+            elif isinstance(node, nodes.Assign | nodes.AssignBlock):
+                found |= {n.name for n in node.target.find_all(nodes.Name)}
+                if isinstance(node.target, nodes.Name):
+                    found.add(node.target.name)
+            elif isinstance(node, nodes.Import):
+                found.add(node.target)
+            elif isinstance(node, nodes.FromImport):
+                found |= {n if isinstance(n, str) else n[1] for n in node.names}
+        found |= _inherited_names(env, parent, depth + 1)
+    return found
 
 
 def _line(exc: BaseException, filename: str | None) -> str:
