@@ -306,6 +306,28 @@ def test_stats_keep_two_backends_of_one_name_apart(tmp_path: Path) -> None:
     }
 
 
+class JsonOnly(RecordingBackend):
+    """A plugin whose messages are one JSON part, with no text part at all."""
+
+    name = "json-only"
+    parts = ("json",)
+
+
+def test_a_backend_without_a_text_part_gets_its_messages(tmp_path: Path) -> None:
+    backend = JsonOnly()
+    body = '{"event": "{{ event }}"}'
+    callback = notifier.NotifierCallback(
+        [backend],
+        events=["train_begin", "train_end"],
+        templates={"train_begin.json": body, "train_end.json": "{% if false %}{% endif %}"},
+        config=False,
+    )
+    make_trainer(tmp_path / "run", [callback], epochs=1).train()
+    assert callback.flush(10)
+    # The empty end message is skipped, as an empty text would be.
+    assert [m.parts for m in backend.messages] == [{"json": '{"event": "train_begin"}'}]
+
+
 # -- the logs dict ---------------------------------------------------------------------------
 
 

@@ -597,7 +597,7 @@ class NotifierCallback(TrainerCallback):
                 parts = route.templates.render(event, ctx)
             except Exception as exc:  # noqa: BLE001 - a broken template must not stop the message
                 parts = self._fallback(event, backend, ctx, exc)
-            if not parts.get("text", "").strip() and event != TICK_EVENT:
+            if event != TICK_EVENT and _shows_nothing(parts, backend):
                 # A template that renders nothing ({% if … %} around it) means: not this time.
                 logger.debug(
                     "notifier: the %s template for %s rendered nothing", event, backend.name
@@ -734,6 +734,13 @@ class NotifierCallback(TrainerCallback):
             }
         error["message"] = redact(error["message"])
         self._emit("train_error", error=error, attachments=self._curves())
+
+
+def _shows_nothing(parts: Mapping[str, str], backend: Backend) -> bool:
+    """Whether a rendered message is empty: its text, or every part of a backend without one."""
+    if "text" in backend.parts:
+        return not parts.get("text", "").strip()
+    return not any(value.strip() for value in parts.values())
 
 
 def _error_for(error: dict[str, Any], max_length: int) -> dict[str, Any]:
