@@ -437,6 +437,22 @@ def test_checks_do_not_reject_templates_that_work_at_run_time(text: str) -> None
     Templates(files)
 
 
+def test_hidden_files_and_snippet_folders_in_a_templates_directory(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    for name, text in {
+        ".ipynb_checkpoints/epoch_end-checkpoint.j2": "{% if %}",  # JupyterLab's copies
+        ".git/x.j2": "x",
+        ".#epoch_end.j2": "lock",  # an editor's lock file
+        "_shared/header.j2": "[{{ run_name }}]",  # a snippet folder: any file name
+        "epoch_end.j2": '{% include "_shared/header.j2" %} epoch {{ epoch|number }}',
+    }.items():
+        (mine / name).parent.mkdir(parents=True, exist_ok=True)
+        (mine / name).write_text(text, encoding="utf-8")
+    templates = Templates(mine, events=("epoch_end",))
+    context = sample_context("epoch_end")
+    assert templates.render("epoch_end", context)["text"] == "[bert-base-sst2] epoch 2"
+
+
 def test_a_copy_of_the_default_templates_is_accepted_for_every_backend(tmp_path: Path) -> None:
     # The way users start customising: copy the defaults (the e-mail ones use the layout's
     # ``table`` macro), then edit.

@@ -51,6 +51,20 @@ def file_name(event: str, part: str) -> str:
     return f"{event}.j2" if part == "text" else f"{event}.{part}.j2"
 
 
+def _snippet(name: str) -> bool:
+    """A shared snippet for include/import: a file or a folder named with a leading ``_``."""
+    return any(part.startswith("_") for part in name.split("/"))
+
+
+def _template_files(directory: Path) -> Iterator[Path]:
+    """The ``*.j2`` files under ``directory``, leaving out hidden ones and hidden folders
+    (``.ipynb_checkpoints/``, ``.git/``, an editor's ``.#epoch_end.j2`` lock file)."""
+    for path in directory.rglob("*.j2"):
+        relative = path.relative_to(directory).parts
+        if path.is_file() and not any(part.startswith(".") for part in relative):
+            yield path
+
+
 def _user_files(source: TemplateSource) -> dict[str, str] | Path | None:
     """The user's overrides ({file name: text}, or a directory), after checking every
     file is named for an event (or ``_`` for a shared snippet)."""
@@ -61,7 +75,7 @@ def _user_files(source: TemplateSource) -> dict[str, str] | Path | None:
         for key, text in source.items():
             event = key[:-3] if key.endswith(".j2") else key
             base = event.split("/")[-1].split(".")[0]
-            if base not in EVENTS and not base.startswith("_"):
+            if base not in EVENTS and not _snippet(event):
                 raise TemplateError(_unknown_event(base, f"templates dict key {key!r}"))
             if not isinstance(text, str):
                 raise TemplateError(
@@ -72,9 +86,9 @@ def _user_files(source: TemplateSource) -> dict[str, str] | Path | None:
     directory = Path(source)
     if not directory.is_dir():
         raise TemplateError(f"templates directory {str(directory)!r} does not exist")
-    for path in directory.rglob("*.j2"):
+    for path in _template_files(directory):
         base = path.name.split(".")[0]
-        if base not in EVENTS and not base.startswith("_"):
+        if base not in EVENTS and not _snippet(path.relative_to(directory).as_posix()):
             raise TemplateError(
                 _unknown_event(base, f"template file {str(path)!r}")
                 + " Name shared snippets with a leading underscore (_macros.j2)."
@@ -86,7 +100,7 @@ def _template_names(files: dict[str, str] | Path) -> list[str]:
     """Every user template, by its name for the loader (``slack/epoch_end.j2``)."""
     if isinstance(files, dict):
         return sorted(files)
-    return sorted(p.relative_to(files).as_posix() for p in files.rglob("*.j2") if p.is_file())
+    return sorted(p.relative_to(files).as_posix() for p in _template_files(files))
 
 
 def known_backend_names(extra: Iterable[str] = ()) -> tuple[set[str], list[str]]:
