@@ -177,6 +177,8 @@ def test_every_filter_is_registered() -> None:
         ("{{ best_metric|round(2) }}", 0.2874, "0.29"),
         ("{{ best_metric|round(1, 'floor') }}", 0.2874, "0.2"),
         ("{{ (best_metric|string) ~ '!' }}", None, MISSING + "!"),
+        ("{{ 1400|round }}", None, "1400"),  # as Jinja's: an int stays an int
+        ("{{ 2.6|round }}", None, "3.0"),
     ],
 )
 def test_jinja_filters_never_print_none_nor_fail_on_a_missing_value(
@@ -188,6 +190,15 @@ def test_jinja_filters_never_print_none_nor_fail_on_a_missing_value(
         "train_end", context
     )
     assert rendered["text"] == expected
+
+
+def test_string_keeps_markup_in_html_parts() -> None:
+    html = "{% set x %}<b>{{ run_name }}</b>{% endset %}{{ x|string }}"
+    templates = Templates(
+        {"epoch_end.html": html}, backend="email", parts=("text", "html"), events=("epoch_end",)
+    )
+    rendered = templates.render("epoch_end", sample_context("epoch_end"))
+    assert rendered["html"] == "<b>bert-base-sst2</b>"  # escaped once, not twice
 
 
 TEMPLATE = (

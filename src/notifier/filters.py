@@ -8,6 +8,7 @@ from typing import Any
 
 from jinja2 import Undefined
 from jinja2.filters import do_round
+from markupsafe import soft_str
 
 MISSING = "—"
 
@@ -102,15 +103,15 @@ def string(value: Any) -> str:
     """Jinja's ``string``, except that a missing value is ``—``, never ``None``."""
     if value is None or isinstance(value, Undefined):
         return MISSING
-    return str(value)
+    return soft_str(value)  # as Jinja's: markup stays markup
 
 
 def rounded(value: Any, precision: int = 0, method: str = "common") -> Any:
     """Jinja's ``round``, except that a missing value stays missing (shown as ``—``)
     instead of failing the whole message."""
-    if _number_or_none(value) is None:
+    if value is None or isinstance(value, Undefined):
         return None
-    return do_round(float(value), precision, method)  # type: ignore[arg-type]
+    return do_round(value, precision, method)  # type: ignore[arg-type]
 
 
 FILTERS: dict[str, Callable[..., Any]] = {
