@@ -328,6 +328,15 @@ def test_a_backend_without_a_text_part_gets_its_messages(tmp_path: Path) -> None
     assert [m.parts for m in backend.messages] == [{"json": '{"event": "train_begin"}'}]
 
 
+def test_a_callback_that_fails_to_build_leaves_no_worker_thread() -> None:
+    before = {t.name for t in threading.enumerate()}
+    for _ in range(3):  # fixed and tried again, as in a notebook
+        with pytest.raises(notifier.TemplateError):
+            # The first backend's templates pass; the second's json ones do not exist.
+            notifier.NotifierCallback([RecordingBackend(), JsonOnly()], config=False)
+    assert {t.name for t in threading.enumerate()} - before == set()
+
+
 # -- the logs dict ---------------------------------------------------------------------------
 
 

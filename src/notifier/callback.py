@@ -254,7 +254,7 @@ class NotifierCallback(TrainerCallback):
             require_matplotlib()
         self._throttle = _resolve_throttle(settings.get("throttle"))
         route_events = self._route_events(settings.get("routes") or {}, from_file=routes is None)
-        self._routes: list[_Route] = []
+        checked: list[tuple[Backend, Templates, tuple[str, ...]]] = []
         for backend in self.backends:
             redact.add(*backend.secrets())
             wanted = route_events.get(backend.name, self.events)
@@ -266,9 +266,15 @@ class NotifierCallback(TrainerCallback):
                 optional_parts=backend.optional_parts,
                 events=compiled,
                 escape=backend.escape,
+                known_backends=[b.name for b in self.backends],
             )
-            outbox = Outbox(backend, max_backlog=max_backlog)
-            self._routes.append(_Route(backend, rendered, outbox, frozenset(compiled)))
+            checked.append((backend, rendered, compiled))
+        # Worker threads start only once every template has passed: a callback that fails
+        # to build (fixed and built again in a notebook) leaves no thread behind.
+        self._routes = [
+            _Route(backend, rendered, Outbox(backend, max_backlog=max_backlog), frozenset(events))
+            for backend, rendered, events in checked
+        ]
         self._all_events = frozenset().union(*(r.events for r in self._routes))
         self._ticking = [r for r in self._routes if r.backend.progress_interval]
         self._next_tick: float | None = None
