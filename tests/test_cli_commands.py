@@ -756,6 +756,25 @@ def test_check_reads_the_configuration_file_and_its_templates(
     assert capsys.readouterr().out.splitlines()[1] == "slack #jobs  OK"
 
 
+def test_check_trial_renders_the_events_the_callback_sends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # save is not a default event: its render-time problem does not stop the callback either.
+    (tmp_path / "tpl").mkdir()
+    (tmp_path / "tpl" / "save.j2").write_text('{% include "_gone.j2" %}\n', encoding="utf-8")
+    (tmp_path / "notifier.toml").write_text('templates = "tpl"\n', encoding="utf-8")
+    assert main(["check", "--backend", "console"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("console  OK")
+    notifier.NotifierCallback(["console"]).flush()
+    (tmp_path / "notifier.toml").write_text(
+        'templates = "tpl"\nevents = ["save"]\n', encoding="utf-8"
+    )
+    assert main(["check", "--backend", "console"]) == 2
+    assert "_gone.j2" in capsys.readouterr().out
+    with pytest.raises(notifier.TemplateError, match="_gone.j2"):
+        notifier.NotifierCallback(["console"])
+
+
 def test_check_connects_to_the_mail_server(
     smtp: tuple[Inbox, int], capsys: pytest.CaptureFixture[str]
 ) -> None:

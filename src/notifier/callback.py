@@ -25,12 +25,11 @@ from .guard import CrashGuard, track
 from .outbox import Outbox
 from .plugins import get_backend
 from .secrets import get_logger, redact
-from .templates import EVENTS, Templates, TemplateSource
+from .templates import DEFAULT_EVENTS, EVENTS, Templates, TemplateSource
 from .trap import ErrorTrap, describe, find_trainer
 
 logger = get_logger("notifier")
 
-DEFAULT_EVENTS: tuple[str, ...] = ("train_begin", "epoch_end", "train_end", "train_error", "alert")
 #: Never coalesced or dropped when a backend is behind.
 CRITICAL_EVENTS = frozenset({"train_begin", "train_end", "train_error", "alert"})
 #: Sent only to backends asking for it (``Backend.progress_interval``), whatever ``events`` says.

@@ -23,7 +23,6 @@ from .config import (
     PROGRESS,
     SECRET_KEYS,
     SECRET_SUFFIXES,
-    SELECTABLE_EVENTS,
     Config,
     backend_env,
     load_config,
@@ -32,7 +31,7 @@ from .context import sample_context
 from .errors import ConfigurationError
 from .plugins import default_registry
 from .secrets import redact
-from .templates import EVENTS, Templates
+from .templates import DEFAULT_EVENTS, EVENTS, Templates
 
 DEFAULT_BACKEND = "console"
 DEFAULT_TIMEOUT = 60.0
@@ -333,12 +332,12 @@ def _check(options: argparse.Namespace) -> int:
 
 def _events_for(backend: Backend, config: Config) -> tuple[str, ...]:
     """The events whose templates ``backend`` would load, as the callback chooses them: its
-    route's, else the configured ones (else every event), and ``progress`` only for backends
+    route's, else the configured ones (else the default ones), and ``progress`` only for backends
     that ask for it. ``load_config`` has rejected any event the callback would."""
     if backend.name in config.routes:
         wanted = config.routes[backend.name]
     else:
-        wanted = SELECTABLE_EVENTS if config.events is None else config.events
+        wanted = DEFAULT_EVENTS if config.events is None else config.events
     return tuple(wanted) + ((PROGRESS,) if backend.progress_interval else ())
 
 

@@ -38,6 +38,8 @@ EVENTS: tuple[str, ...] = (
     "alert",
     "progress",
 )
+#: What ``NotifierCallback`` sends when ``events`` is not given.
+DEFAULT_EVENTS: tuple[str, ...] = ("train_begin", "epoch_end", "train_end", "train_error", "alert")
 
 TemplateSource = str | Path | Mapping[str, str] | None
 
