@@ -591,4 +591,27 @@ def test_build_backends_names_the_file_when_an_option_value_is_wrong(
     with pytest.raises(ConfigurationError) as info:
         load(tmp_path).build_backends()
     assert "slack backend: timeout must be a number of seconds" in str(info.value)
-    assert f"(options from {source})" in str(info.value)
+    assert f"(with options timeout from {source})" in str(info.value)
+
+
+class Strict(notifier.Backend):
+    """A plugin whose constructor takes no **options: Python itself refuses an unknown one."""
+
+    name = "strict"
+
+    def __init__(self, colour: str = "red") -> None:
+        self.colour = colour
+
+
+def test_a_strict_plugin_refusing_a_file_option_is_placed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(default_registry(), "get", lambda name: Strict)
+    monkeypatch.setattr("notifier.plugins.get_backend", lambda name, **o: Strict(**o))
+    source = write(tmp_path / "notifier.toml", '[backends.strict]\ncolor = "blue"\n')
+    with pytest.raises(ConfigurationError) as info:
+        load(tmp_path).build_backends()
+    assert str(info.value).startswith(
+        f"{source}: the strict backend refused its options (backends.strict.color): "
+    )
+    assert "unexpected keyword argument 'color'" in str(info.value)

@@ -199,14 +199,29 @@ class Config:
             if not in_file:
                 raise fuller from None
             key = in_file[0]
+            takes = (
+                f" Options: {', '.join(fuller.accepted)}."
+                if fuller.accepted
+                else " It takes no options."
+            )
             raise ConfigurationError(
                 f"{self.where}: backends.{name}.{key} is not an option of the {name} "
-                f"backend.{_suggest(key, fuller.accepted)} Options: {', '.join(fuller.accepted)}."
+                f"backend.{_suggest(key, fuller.accepted)}{takes}"
+            ) from None
+        except TypeError as exc:
+            # A plugin whose __init__ takes no **options: Python's own complaint, placed.
+            if not from_file or self.source is None:
+                raise ConfigurationError(f"{name} backend: {exc}") from None
+            keys = ", ".join(f"backends.{name}.{key}" for key in from_file)
+            raise ConfigurationError(
+                f"{self.where}: the {name} backend refused its options ({keys}): {exc}"
             ) from None
         except ConfigurationError as exc:
             if not from_file or self.source is None:
                 raise
-            raise ConfigurationError(f"{exc} (options from {self.source})") from None
+            raise ConfigurationError(
+                f"{exc} (with options {', '.join(sorted(from_file))} from {self.source})"
+            ) from None
 
     def file_options(
         self, name: str, *, environ: Mapping[str, str] | None = None
