@@ -360,9 +360,10 @@ class NotifierCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._epoch_end_step = -1
         if self._active:
-            if self._batch_size_retry(args):
+            if self._batch_size_retry(args, state):
                 self._state = state  # a retry with a smaller batch: the same run goes on
-                self._trap.caught = None  # the out-of-memory error it recovered from
+                # The out-of-memory error it recovered from.
+                self._trap.caught, self._trap.caught_oom = None, False
                 return
             self._guard.report_unfinished()  # the previous train() never reached its end
         self._trap.install(find_trainer(self))
@@ -382,7 +383,7 @@ class NotifierCallback(TrainerCallback):
             route.next_tick = now + float(route.backend.progress_interval or 0)
         self._next_tick = min((r.next_tick for r in self._ticking), default=None)
         self._start_watchdog(state)
-        self._guard.arm()
+        self._guard.arm(run=state)
         if not self._tracked:
             # Flushed at exit even if this callback has been garbage-collected by then.
             self._tracked = True
@@ -490,11 +491,15 @@ class NotifierCallback(TrainerCallback):
         self._emit("train_end", attachments=self._curves())
 
     # -- internals ------------------------------------------------------------------------
-    def _batch_size_retry(self, args: Any) -> bool:
+    def _batch_size_retry(self, args: Any, state: Any) -> bool:
         """Whether this train_begin is ``auto_find_batch_size`` trying again after an
         out-of-memory error, rather than a new train() after a crash the caller caught."""
         if not getattr(args, "auto_find_batch_size", False) or args is not self._args:
             return False
+        before = getattr(self._state, "train_batch_size", None)
+        now = getattr(state, "train_batch_size", None)
+        if isinstance(before, int) and isinstance(now, int) and now >= before:
+            return False  # a retry always tries a smaller batch
         # With the Trainer's loop watched, a retry is known to follow an out-of-memory error.
         return self._trap.caught_oom or not self._trap.installed
 
@@ -724,12 +729,15 @@ class NotifierCallback(TrainerCallback):
         if kind == "terminated":
             error = {"kind": kind, "type": "SIGTERM", "message": "the process was sent SIGTERM"}
         elif exc is not None:
-            error = {"kind": kind, **describe(exc)}
+            error = {**describe(exc), "kind": kind}
         elif self._trap.caught is not None:
-            # The training loop raised, and the calling code caught it.
+            # The training loop raised (or was interrupted), and the calling code caught it.
             caught = self._trap.caught
-            message = f"{caught['message']} (caught by the calling code; train() never ended)"
-            error = {"kind": kind, **caught, "message": message}
+            said = caught["message"] or caught["type"]
+            message = f"{said} (caught by the calling code; train() never ended)"
+            # A caught Ctrl-C is an interruption; any other caught error leaves it unfinished.
+            ending = "interrupted" if caught["kind"] == "interrupted" else kind
+            error = {**caught, "kind": ending, "message": message}
         else:
             error = {
                 "kind": kind,

@@ -142,6 +142,7 @@ class CrashGuard:
         self.armed = False
         self._pid = 0
         self._thread: threading.Thread | None = None
+        self._run: object = None
         self._prev_excepthook: Any = None
         self._prev_thread_hook: Any = None
         self._prev_sigterm: Any = None
@@ -154,7 +155,9 @@ class CrashGuard:
     # -- installing -------------------------------------------------------------------
     # Each hook is tracked on its own: one that someone chained on top of stays installed
     # (inert while disarmed) and is never installed twice, which would chain it to itself.
-    def arm(self) -> None:
+    def arm(self, run: object = None) -> None:
+        """Start reporting for ``run`` (the Trainer's state): several callbacks of one
+        Trainer arm for the same run and leave each other alone."""
         global _exit_deadline
         if self.armed:
             return
@@ -164,7 +167,12 @@ class CrashGuard:
             # abandoned: report it now, so that only this run's hooks report from here on.
             # A run training on another live thread goes on and keeps its own hooks.
             _armed[:] = [g for g in _armed if g._pid == pid]
-            stale = [g for g in _armed if g._thread is here or not _alive(g._thread)]
+            stale = [
+                g
+                for g in _armed
+                if (g._thread is here or not _alive(g._thread))
+                and (run is None or g._run is not run)
+            ]
             _exit_deadline = None  # a new run: the process is not exiting after all
             _warned.clear()
         for guard in stale:
@@ -172,6 +180,7 @@ class CrashGuard:
         self.armed = True
         self._pid = pid
         self._thread = here
+        self._run = run
         with _lock:
             _armed.append(self)
         if not self._excepthook_installed:
@@ -237,6 +246,7 @@ class CrashGuard:
 
     def _forget(self) -> None:
         self.armed = False
+        self._run = None
         with _lock:
             if self in _armed:
                 _armed.remove(self)

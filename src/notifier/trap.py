@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 import traceback
 import weakref
 from collections.abc import Callable
@@ -33,8 +34,6 @@ from typing import Any
 WRAPPED = ("_run_epoch", "_evaluate", "_finalize_training")
 #: For transformers whose epoch loop is inlined in ``_inner_training_loop``.
 WRAPPED_OLD = ("training_step", "_maybe_log_save_evaluate")
-
-_MARK = "__notifier_trap__"
 
 
 def find_trainer(callback: object, depth: int = 12) -> Any | None:
@@ -51,66 +50,115 @@ def find_trainer(callback: object, depth: int = 12) -> Any | None:
     return None
 
 
+class _Wrapping:
+    """One Trainer's wrapped methods, shared by every trap watching it (two callbacks on
+    one Trainer), and what its instance held under those names before (a user's patch)."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.traps: weakref.WeakSet[ErrorTrap] = weakref.WeakSet()
+        self.saved: dict[str, Any] = {}
+        names = WRAPPED if hasattr(trainer, "_run_epoch") else WRAPPED_OLD
+        # The Trainer is reached through a weak reference and the class's function: a
+        # wrapper holding the bound method would make the Trainer keep itself alive.
+        ref = weakref.ref(trainer)
+        for name in names:
+            own = trainer.__dict__.get(name, _ABSENT)
+            if own is not _ABSENT:
+                self.saved[name] = own
+                target: Callable[..., Any] = own
+                bound = False
+            else:
+                target = getattr(type(trainer), name, None)  # type: ignore[assignment]
+                bound = True
+            if callable(target):
+                setattr(trainer, name, _wrap(target, ref if bound else None, self.traps))
+                self.saved.setdefault(name, _ABSENT)
+
+    def restore(self, trainer: Any) -> None:
+        for name, own in self.saved.items():
+            if own is _ABSENT:
+                trainer.__dict__.pop(name, None)
+            else:
+                setattr(trainer, name, own)
+
+
+_ABSENT = object()
+#: Trainer -> its wrapping, while any trap watches it.
+_wrapped: weakref.WeakKeyDictionary[Any, _Wrapping] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _wrap(
+    function: Callable[..., Any],
+    trainer: weakref.ReferenceType[Any] | None,
+    traps: weakref.WeakSet[ErrorTrap],
+) -> Callable[..., Any]:
+    """``function`` (called on ``trainer()`` when given), noting what leaves it in ``traps``."""
+
+    @functools.wraps(function)
+    def notifier_noted_this_error(*args: Any, **kwargs: Any) -> Any:
+        try:
+            if trainer is None:
+                return function(*args, **kwargs)
+            return function(trainer(), *args, **kwargs)
+        except BaseException as exc:
+            tb = exc.__traceback__
+            if tb is not None and tb.tb_frame is sys._getframe():
+                exc.__traceback__ = tb.tb_next  # this frame: not part of the user's story
+            del tb  # a frame referring to its own traceback would keep the failed step alive
+            if not isinstance(exc, SystemExit):
+                noted, oom = describe(exc), out_of_memory(exc)
+                for trap in list(traps):
+                    trap.caught, trap.caught_oom = noted, oom
+            raise
+
+    return notifier_noted_this_error
+
+
 class ErrorTrap:
-    """Wraps one Trainer's loop methods during a run and keeps the exception that left them."""
+    """Watches one Trainer's loop methods during a run and keeps what left them."""
 
     def __init__(self) -> None:
         #: The latest exception raised out of the training loop in this run, if any, as
-        #: ``{"type": ..., "message": ..., "traceback": ...}`` (plain text).
+        #: ``{"type", "message", "traceback", "kind"}`` (plain text).
         self.caught: dict[str, str] | None = None
         #: Whether that exception is an out-of-memory error, which ``auto_find_batch_size``
         #: recovers from by training again with a smaller batch.
         self.caught_oom = False
         self._trainer: weakref.ReferenceType[Any] | None = None
-        self._names: tuple[str, ...] = ()
 
     def install(self, trainer: Any) -> None:
-        """Start a run: forget the last exception and wrap ``trainer``'s loop methods."""
+        """Start a run: forget the last exception and watch ``trainer``'s loop methods."""
         self.uninstall()
         self.caught, self.caught_oom = None, False
         if trainer is None:
             return
-        names = WRAPPED if hasattr(trainer, "_run_epoch") else WRAPPED_OLD
-        wrapped = []
-        for name in names:
-            method = getattr(trainer, name, None)
-            if callable(method) and not getattr(method, _MARK, False):
-                setattr(trainer, name, self._wrap(method))
-                wrapped.append(name)
+        with _lock:
+            wrapping = _wrapped.get(trainer)
+            if wrapping is None:
+                wrapping = _wrapped[trainer] = _Wrapping(trainer)
+            wrapping.traps.add(self)
         self._trainer = weakref.ref(trainer)
-        self._names = tuple(wrapped)
 
     @property
     def installed(self) -> bool:
-        """Whether a Trainer's methods are wrapped (it was found on the stack)."""
-        return bool(self._names)
+        """Whether a Trainer is watched (it was found on the stack)."""
+        return self._trainer is not None
 
     def uninstall(self) -> None:
-        """Remove the wrappers (the class's methods show through again)."""
+        """Stop watching; the last trap to go puts the Trainer's methods back."""
         trainer = self._trainer() if self._trainer is not None else None
-        for name in self._names:
-            if trainer is not None and getattr(trainer.__dict__.get(name), _MARK, False):
-                delattr(trainer, name)
-        self._trainer, self._names = None, ()
-
-    def _wrap(self, method: Callable[..., Any]) -> Callable[..., Any]:
-        trap = weakref.ref(self)
-
-        @functools.wraps(method)
-        def notifier_noted_this_error(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            except BaseException as exc:
-                tb = exc.__traceback__
-                if tb is not None and tb.tb_frame is sys._getframe():
-                    exc.__traceback__ = tb.tb_next  # this frame: not part of the user's story
-                owner = trap()
-                if owner is not None:
-                    owner.caught, owner.caught_oom = describe(exc), out_of_memory(exc)
-                raise
-
-        setattr(notifier_noted_this_error, _MARK, True)
-        return notifier_noted_this_error
+        self._trainer = None
+        if trainer is None:
+            return
+        with _lock:
+            wrapping = _wrapped.get(trainer)
+            if wrapping is None:
+                return
+            wrapping.traps.discard(self)
+            if not wrapping.traps:
+                wrapping.restore(trainer)
+                del _wrapped[trainer]
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -123,7 +171,8 @@ def out_of_memory(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> dict[str, str]:
-    """An exception as plain text: its qualified type, its message and its traceback."""
+    """An exception as plain text: its qualified type, its message, its traceback, and the
+    kind of end it makes (``interrupted`` for Ctrl-C, else ``crash``)."""
     kind = type(exc)
     name = (
         kind.__qualname__
@@ -131,4 +180,5 @@ def describe(exc: BaseException) -> dict[str, str]:
         else f"{kind.__module__}.{kind.__qualname__}"
     )
     text = "".join(traceback.format_exception(kind, exc, exc.__traceback__)).rstrip()
-    return {"type": name, "message": str(exc), "traceback": text}
+    ending = "interrupted" if isinstance(exc, KeyboardInterrupt) else "crash"
+    return {"type": name, "message": str(exc), "traceback": text, "kind": ending}
