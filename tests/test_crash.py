@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -203,6 +204,24 @@ def test_a_run_after_a_caught_crash_is_guarded_as_the_first(
     else:
         assert run.returncode == -signal.SIGTERM
     assert "Error in sys.excepthook" not in run.stderr and "RecursionError" not in run.stderr
+
+
+def test_ctrl_c_while_a_crash_is_flushed_stops_the_wait(
+    slack_server: SlackServer, tmp_path: Path
+) -> None:
+    # The user sees the traceback, the process lingers for a hung Slack: Ctrl-C ends the
+    # wait at once, the exit flush included, and the crash's exit status stays.
+    slack_server.default = Behaviour("hang")
+    extra = [*CRASH, "--stamp", "--flush-timeout", "30", "--option", "timeout=60"]
+    process = runner.Live(_args(tmp_path, slack_server, *extra), runner.script_env(TOKEN))
+    process.wait_for_line("RuntimeError: boom at forward call 6", stream="stderr")
+    interrupted = time.monotonic()
+    process.process.send_signal(signal.SIGINT)
+    run = process.finish()
+    assert time.monotonic() - interrupted < ATEXIT_MARGIN + 1  # not the 30 s flush_timeout
+    assert run.returncode == 1
+    assert "stopped waiting for pending messages" in run.stderr
+    assert "Exception ignored" not in run.stderr
 
 
 def test_a_crash_waits_for_a_hung_backend_once_within_flush_timeout(

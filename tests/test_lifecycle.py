@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from conftest import TOKEN, RecordingBackend
-from notifier import NotifierCallback
+from notifier import NotifierCallback, guard
 from scripts import runner
 from scripts.lifecycle import EVENTS, Gate
 from slack_server import Behaviour, SlackServer
-from tiny import make_trainer
+from tiny import TinyRegressor, make_trainer
 
 SCRIPT = Path(__file__).parent / "scripts" / "lifecycle.py"
 
@@ -91,3 +91,36 @@ def test_a_run_training_on_another_thread_is_not_taken_for_abandoned(
     assert background.flush(10) and foreground.flush(10)
     assert first.events == ["train_begin", "train_end"]
     assert second.events == ["train_begin", "train_end"]
+
+
+class Hung(RecordingBackend):
+    """Never answers until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def send(self, message: Any) -> None:
+        self.release.wait(30)
+        super().send(message)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_training_thread_crash_leaves_the_exit_deadline_alone(
+    tmp_path: Path, notifier_logs: pytest.LogCaptureFixture
+) -> None:
+    # The process goes on after a thread's crash: its bounded wait must not use up the
+    # wait the process is owed at exit (another run's end would be lost then).
+    hung = Hung()
+    callback = NotifierCallback([hung], events=["train_error"], flush_timeout=0.5, config=False)
+    trainer = make_trainer(tmp_path / "run", [callback], model=TinyRegressor(crash_at=2))
+    thread = threading.Thread(target=trainer.train)
+    thread.start()
+    thread.join()
+    try:
+        assert any("gave up waiting" in r.getMessage() for r in notifier_logs.records)
+        assert guard._exit_deadline is None
+    finally:
+        hung.release.set()
+        assert callback.flush(10)
+    assert hung.events == ["train_error"]

@@ -88,9 +88,13 @@ def track(owner: object, outboxes: Sequence[Outbox], timeout: float) -> None:
             atexit.register(_at_exit, pid)
 
 
-def flush_at_exit() -> bool:
+def flush_at_exit(*, shared: bool = True) -> bool:
     """Wait for every tracked outbox with work queued, all against the process's one exit
-    deadline; warn once per backend that is still behind when it passes. False if any is."""
+    deadline; warn once per backend that is still behind when it passes. False if any is.
+
+    ``shared=False`` (a training thread crashed; the process goes on) waits against a
+    deadline of its own and leaves the exit's alone.
+    """
     global _exit_deadline
     pid = os.getpid()
     with _lock:
@@ -98,9 +102,11 @@ def flush_at_exit() -> bool:
         if not busy:
             return True
         now = time.monotonic()
-        if _exit_deadline is None:
-            _exit_deadline = now + max(timeout for _, timeout in busy)
-        deadline = _exit_deadline
+        deadline = now + max(timeout for _, timeout in busy)
+        if shared:
+            if _exit_deadline is None:
+                _exit_deadline = deadline
+            deadline = _exit_deadline
     done = True
     for outbox, timeout in busy:
         left = min(deadline, now + timeout) - time.monotonic()
@@ -129,6 +135,8 @@ def _at_exit(pid: int) -> None:
         for guard in unfinished:
             guard.report_unfinished()
         flush_at_exit()
+    except KeyboardInterrupt:  # Ctrl-C while waiting: stop waiting, exit as asked
+        logger.warning("notifier: stopped waiting for pending messages")
     except Exception:  # noqa: BLE001 - exit must not be disturbed
         logger.exception("notifier: error while flushing at exit")
 
@@ -136,9 +144,8 @@ def _at_exit(pid: int) -> None:
 class CrashGuard:
     """Hooks that report a live run's abnormal end exactly once."""
 
-    def __init__(self, report: Report, flush: Callable[[], object] = flush_at_exit) -> None:
+    def __init__(self, report: Report) -> None:
         self._report = report
-        self._flush = flush
         self.armed = False
         self._pid = 0
         self._thread: threading.Thread | None = None
@@ -263,16 +270,20 @@ class CrashGuard:
         try:
             self._report(kind, exc)
             if flush:
-                self._flush()
+                flush_at_exit()
         except BaseException:  # noqa: BLE001 - reporting must never change how the process ends
             logger.exception("notifier: could not report the end of the run")
         return True
 
-    def _flush_quietly(self) -> None:
+    def _flush_quietly(self, *, shared: bool = True) -> None:
+        global _exit_deadline
         try:
-            self._flush()
+            flush_at_exit(shared=shared)
         except BaseException:  # noqa: BLE001 - e.g. a second Ctrl-C: stop waiting, end as usual
             logger.warning("notifier: stopped waiting for pending messages")
+            if shared:
+                with _lock:
+                    _exit_deadline = time.monotonic()  # nor wait again at exit
 
     def report_unfinished(self) -> None:
         """The run began and never ended (process exit, or a new run on this thread).
@@ -314,7 +325,7 @@ class CrashGuard:
         if args.thread is self._thread:
             self.disarm()
         if reported:
-            self._flush_quietly()
+            self._flush_quietly(shared=False)  # the process goes on: not its exit deadline
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if self._in_sigterm:

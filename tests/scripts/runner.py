@@ -99,12 +99,12 @@ class Live:
                 self._changed.notify_all()
         stream.close()
 
-    def wait_for_line(self, prefix: str, timeout: float = TIMEOUT) -> str:
-        """Block until stdout has a line starting with ``prefix``."""
+    def wait_for_line(self, prefix: str, timeout: float = TIMEOUT, stream: str = "stdout") -> str:
+        """Block until ``stream`` (stdout or stderr) has a line starting with ``prefix``."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
-                for line in self._lines["stdout"]:
+                for line in self._lines[stream]:
                     if line.startswith(prefix):
                         return line
                 left = deadline - time.monotonic()
