@@ -274,6 +274,22 @@ def test_an_evaluation_goes_on_its_own_when_its_epoch_message_is_throttled(
     ]
 
 
+def test_an_evaluation_goes_on_its_own_when_its_epoch_template_renders_nothing(
+    tmp_path: Path,
+) -> None:
+    backend = RecordingBackend()
+    even_only = "{% if epoch|int % 2 == 0 %}epoch {{ epoch|number }}{% endif %}"
+    callback = NotifierCallback(
+        [backend],
+        events=["epoch_end", "evaluate"],
+        templates={"epoch_end": even_only},
+        config=False,
+    )
+    run(tmp_path, callback, epochs=4, eval_strategy="epoch")
+    sent = [(m.event, m.context["epoch"]) for m in backend.messages]
+    assert sent == [("evaluate", 1.0), ("epoch_end", 2.0), ("evaluate", 3.0), ("epoch_end", 4.0)]
+
+
 def test_a_template_that_renders_nothing_sends_nothing(tmp_path: Path) -> None:
     backend = RecordingBackend()
     only_last = "{% if epoch == num_train_epochs %}last epoch done{% endif %}"

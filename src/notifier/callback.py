@@ -559,16 +559,13 @@ class NotifierCallback(TrainerCallback):
         step = context["global_step"] if context is not None else math.inf
         held = [h for h in self._held if h[0] <= step]
         self._held = [h for h in self._held if h[0] > step]
-        sent = False
+        carried: set[int] = set()  # the routes whose epoch message carries them
         if context is not None:
             quiet, self._quiet_step = self._quiet_step == step, -1
-            sent = not quiet and self._emit("epoch_end", context=context)
+            if not quiet:
+                carried = {id(r) for r in self._emit("epoch_end", context=context)}
         for _, event, held_context in held:
-            routes = [
-                r
-                for r in self._routes
-                if event in r.events and not (sent and "epoch_end" in r.events)
-            ]
+            routes = [r for r in self._routes if event in r.events and id(r) not in carried]
             if routes:
                 self._emit(event, context=held_context, routes=routes)
 
@@ -581,13 +578,13 @@ class NotifierCallback(TrainerCallback):
         alert: dict[str, Any] | None = None,
         attachments: tuple[Attachment, ...] = (),
         routes: Sequence[_Route] | None = None,
-    ) -> bool:
-        """Render ``event`` for each backend that gets it and queue it; False when the
-        event is not sent at all (not selected, not this rank, throttled)."""
+    ) -> list[_Route]:
+        """Render ``event`` for each backend that gets it and queue it; the routes it was
+        queued for (none: not selected, not this rank, throttled, or rendered empty)."""
         if event not in self._all_events:
-            return False
+            return []
         if not self._is_zero and event not in ANY_RANK_EVENTS:
-            return False
+            return []
         if context is None:
             if self._state is not None:
                 self._tracker.update(self._state)
@@ -595,7 +592,8 @@ class NotifierCallback(TrainerCallback):
         if alert is not None:
             context["alert"] = alert
         if event in self._throttle and self._throttled(event, context):
-            return False
+            return []
+        queued: list[_Route] = []
         for route in self._routes if routes is None else routes:
             if event not in route.events:
                 continue
@@ -625,7 +623,8 @@ class NotifierCallback(TrainerCallback):
                     urgent=event == "train_error",
                 )
             )
-        return True
+            queued.append(route)
+        return queued
 
     def _throttled(self, event: str, context: Mapping[str, Any]) -> bool:
         """Whether the user's throttle holds this message back (never start, end or crash)."""
