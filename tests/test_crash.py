@@ -218,7 +218,8 @@ def test_ctrl_c_while_a_crash_is_flushed_stops_the_wait(
     interrupted = time.monotonic()
     process.process.send_signal(signal.SIGINT)
     run = process.finish()
-    assert time.monotonic() - interrupted < ATEXIT_MARGIN + 1  # not the 30 s flush_timeout
+    # Far from the 30 s flush_timeout (teardown of torch alone can take seconds under load).
+    assert time.monotonic() - interrupted < 15
     assert run.returncode == 1
     assert "stopped waiting for pending messages" in run.stderr
     assert "Exception ignored" not in run.stderr
