@@ -126,6 +126,14 @@ def flush_at_exit(*, shared: bool = True) -> bool:
     return done
 
 
+def _stop_waiting() -> None:
+    """Ctrl-C during the exit's wait: stop it now, and do not wait again at exit."""
+    global _exit_deadline
+    with _lock:
+        _exit_deadline = time.monotonic()
+    logger.warning("notifier: stopped waiting for pending messages")
+
+
 def _at_exit(pid: int) -> None:
     if os.getpid() != pid:
         return  # inherited by a forked child, which registers its own
@@ -136,7 +144,7 @@ def _at_exit(pid: int) -> None:
             guard.report_unfinished()
         flush_at_exit()
     except KeyboardInterrupt:  # Ctrl-C while waiting: stop waiting, exit as asked
-        logger.warning("notifier: stopped waiting for pending messages")
+        _stop_waiting()
     except Exception:  # noqa: BLE001 - exit must not be disturbed
         logger.exception("notifier: error while flushing at exit")
 
@@ -276,14 +284,13 @@ class CrashGuard:
         return True
 
     def _flush_quietly(self, *, shared: bool = True) -> None:
-        global _exit_deadline
         try:
             flush_at_exit(shared=shared)
         except BaseException:  # noqa: BLE001 - e.g. a second Ctrl-C: stop waiting, end as usual
-            logger.warning("notifier: stopped waiting for pending messages")
             if shared:
-                with _lock:
-                    _exit_deadline = time.monotonic()  # nor wait again at exit
+                _stop_waiting()
+            else:
+                logger.warning("notifier: stopped waiting for pending messages")
 
     def report_unfinished(self) -> None:
         """The run began and never ended (process exit, or a new run on this thread).
@@ -308,11 +315,14 @@ class CrashGuard:
         previous = (
             self._prev_excepthook if self._prev_excepthook is not None else sys.__excepthook__
         )
-        previous(exc_type, exc, tb)  # the traceback first: the user is watching the terminal
-        if ours:
-            self.disarm()
-        if reported:
-            self._flush_quietly()
+        try:
+            previous(exc_type, exc, tb)  # the traceback first: the user is watching the terminal
+            if ours:
+                self.disarm()
+            if reported:
+                self._flush_quietly()
+        except KeyboardInterrupt:  # Ctrl-C once the traceback is out: the user wants out
+            _stop_waiting()
 
     def _thread_excepthook(self, args: threading.ExceptHookArgs) -> None:
         # Only the thread that trains matters (train() run from a thread, as some notebook
