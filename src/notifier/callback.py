@@ -25,15 +25,20 @@ from .guard import CrashGuard, track
 from .outbox import Outbox
 from .plugins import get_backend
 from .secrets import get_logger, redact
-from .templates import DEFAULT_EVENTS, EVENTS, Templates, TemplateSource
+from .templates import (
+    DEFAULT_EVENTS,
+    PROGRESS,
+    SELECTABLE_EVENTS,
+    Templates,
+    TemplateSource,
+    backend_events,
+)
 from .trap import ErrorTrap, describe, find_trainer
 
 logger = get_logger("notifier")
 
 #: Never coalesced or dropped when a backend is behind.
 CRITICAL_EVENTS = frozenset({"train_begin", "train_end", "train_error", "alert"})
-#: Sent only to backends asking for it (``Backend.progress_interval``), whatever ``events`` says.
-TICK_EVENT = "progress"
 #: Sent by every rank; everything else only by world process zero. Of train_error, other
 #: ranks send crashes only: a signal or an abandoned run is the whole job's (_report_end).
 ANY_RANK_EVENTS = frozenset({"train_error"})
@@ -103,12 +108,12 @@ def _resolve_events(events: Iterable[str] | None, what: str = "events") -> tuple
     if isinstance(events, str):
         events = [events]
     chosen = tuple(dict.fromkeys(events))
-    unknown = [e for e in chosen if e not in EVENTS or e == TICK_EVENT]
+    unknown = [e for e in chosen if e not in SELECTABLE_EVENTS]
     if unknown:
-        selectable = [e for e in EVENTS if e != TICK_EVENT]
         raise ConfigurationError(
-            f"{what}: unknown event(s) {', '.join(unknown)}; events: {', '.join(selectable)} "
-            f"({TICK_EVENT!r} goes to backends that ask for it, such as a Slack live card)"
+            f"{what}: unknown event(s) {', '.join(unknown)}; "
+            f"events: {', '.join(SELECTABLE_EVENTS)} "
+            f"({PROGRESS!r} goes to backends that ask for it, such as a Slack live card)"
         )
     return chosen
 
@@ -143,7 +148,7 @@ def _resolve_throttle(throttle: Mapping[str, Mapping[str, float]] | None) -> dic
     """Validate ``{event: {"every_n_epochs": n, "min_interval": seconds}}``."""
     checked: dict[str, Any] = {}
     for event, options in (throttle or {}).items():
-        if event not in EVENTS or event == TICK_EVENT:
+        if event not in SELECTABLE_EVENTS:
             raise ConfigurationError(f"throttle: unknown event {event!r}")
         if event in UNTHROTTLED:
             raise ConfigurationError(
@@ -257,7 +262,7 @@ class NotifierCallback(TrainerCallback):
         for backend in self.backends:
             redact.add(*backend.secrets())
             wanted = route_events.get(backend.name, self.events)
-            compiled = tuple(wanted) + ((TICK_EVENT,) if backend.progress_interval else ())
+            compiled = backend_events(wanted, backend.progress_interval)
             rendered = Templates(
                 settings.get("templates"),
                 backend=backend.name,
@@ -403,9 +408,7 @@ class NotifierCallback(TrainerCallback):
     @_isolated
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._stall is not None:
-            recovered = self._stall.progress(state.global_step)
-            if recovered is not None:
-                self._emit_alert(recovered)
+            self._progressed(state.global_step)
         if self._next_tick is not None and time.monotonic() >= self._next_tick:
             self._tick()
 
@@ -413,9 +416,7 @@ class NotifierCallback(TrainerCallback):
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # A long evaluation is the run alive: not a stall; live cards and heartbeats go on.
         if self._stall is not None:
-            recovered = self._stall.progress()
-            if recovered is not None:
-                self._emit_alert(recovered)
+            self._progressed()
         if self._next_tick is not None and time.monotonic() >= self._next_tick:
             self._tick()
 
@@ -457,9 +458,7 @@ class NotifierCallback(TrainerCallback):
         if metrics:
             self._tracker.eval_metrics = plain_metrics(metrics)
         if self._stall is not None:
-            recovered = self._stall.progress(state.global_step)
-            if recovered is not None:
-                self._emit_alert(recovered)
+            self._progressed(state.global_step)
         improved = self._improved(args, metrics or {}, state.global_step)
         if self._merge_into_epoch(state, eval_metrics=dict(self._tracker.eval_metrics)):
             if improved:
@@ -605,7 +604,7 @@ class NotifierCallback(TrainerCallback):
                 parts = route.templates.render(event, ctx)
             except Exception as exc:  # noqa: BLE001 - a broken template must not stop the message
                 parts = self._fallback(event, backend, ctx, exc)
-            if event != TICK_EVENT and _shows_nothing(parts, backend):
+            if event != PROGRESS and _shows_nothing(parts, backend):
                 # A template that renders nothing ({% if … %} around it) means: not this time.
                 logger.debug(
                     "notifier: the %s template for %s rendered nothing", event, backend.name
@@ -619,7 +618,7 @@ class NotifierCallback(TrainerCallback):
                     context=ctx,
                     critical=event in CRITICAL_EVENTS,
                     attachments=attachments,
-                    transient=event == TICK_EVENT,
+                    transient=event == PROGRESS,
                     urgent=event == "train_error",
                 )
             )
@@ -639,6 +638,13 @@ class NotifierCallback(TrainerCallback):
         self._last_sent[event] = now
         return False
 
+    def _progressed(self, step: int | None = None) -> None:
+        """Tell the stall watch the run moved; a stall it had reported has ended."""
+        assert self._stall is not None
+        recovered = self._stall.progress(step)
+        if recovered is not None:
+            self._emit_alert(recovered)
+
     def _emit_alert(self, alert: Alert) -> None:
         self._emit("alert", alert=alert.as_context())
 
@@ -650,7 +656,7 @@ class NotifierCallback(TrainerCallback):
             route.next_tick = now + float(route.backend.progress_interval or 0)
         self._next_tick = min((r.next_tick for r in self._ticking), default=None)
         if due and self._active:
-            self._emit(TICK_EVENT, routes=due)
+            self._emit(PROGRESS, routes=due)
 
     def _curves(self) -> tuple[Attachment, ...]:
         """The training-curves PNG, drawn later on a worker thread from a copy of log_history."""

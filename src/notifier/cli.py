@@ -20,7 +20,6 @@ from typing import Any
 
 from .backend import Backend, Message
 from .config import (
-    PROGRESS,
     SECRET_KEYS,
     SECRET_SUFFIXES,
     Config,
@@ -31,7 +30,7 @@ from .context import sample_context
 from .errors import ConfigurationError
 from .plugins import default_registry
 from .secrets import redact
-from .templates import DEFAULT_EVENTS, EVENTS, Templates
+from .templates import DEFAULT_EVENTS, EVENTS, Templates, backend_events
 
 DEFAULT_BACKEND = "console"
 DEFAULT_TIMEOUT = 60.0
@@ -338,7 +337,7 @@ def _events_for(backend: Backend, config: Config) -> tuple[str, ...]:
         wanted = config.routes[backend.name]
     else:
         wanted = DEFAULT_EVENTS if config.events is None else config.events
-    return tuple(wanted) + ((PROGRESS,) if backend.progress_interval else ())
+    return backend_events(wanted, backend.progress_interval)
 
 
 # -- the parser -----------------------------------------------------------------------------

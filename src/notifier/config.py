@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .alerts import AlertRules, Improvement, parse_thresholds
 from .errors import ConfigurationError
 from .secrets import get_logger
-from .templates import EVENTS
+from .templates import PROGRESS, SELECTABLE_EVENTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -68,10 +68,6 @@ SECRET_KEYS = frozenset(
     {"token", "password", "secret", "webhook_url", "url", "urls", "headers", "api_key"}
 )
 SECRET_SUFFIXES = ("_token", "_password", "_secret")
-#: Sent only to backends that ask for it (``Backend.progress_interval``): never chosen.
-PROGRESS = "progress"
-#: The events ``events``, ``routes`` and ``throttle`` may name.
-SELECTABLE_EVENTS: tuple[str, ...] = tuple(e for e in EVENTS if e != PROGRESS)
 
 ALERT_OPTIONS = (
     "nan",

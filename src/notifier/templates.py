@@ -38,8 +38,18 @@ EVENTS: tuple[str, ...] = (
     "alert",
     "progress",
 )
+#: Sent only to backends that ask for it (``Backend.progress_interval``): never chosen.
+PROGRESS = "progress"
+#: The events ``events``, ``routes`` and ``throttle`` may name.
+SELECTABLE_EVENTS: tuple[str, ...] = tuple(e for e in EVENTS if e != PROGRESS)
 #: What ``NotifierCallback`` sends when ``events`` is not given.
 DEFAULT_EVENTS: tuple[str, ...] = ("train_begin", "epoch_end", "train_end", "train_error", "alert")
+
+
+def backend_events(chosen: Iterable[str], progress_interval: float | None) -> tuple[str, ...]:
+    """The events a backend gets: those chosen for it, and ``progress`` if it asks for it."""
+    return tuple(chosen) + ((PROGRESS,) if progress_interval else ())
+
 
 TemplateSource = str | Path | Mapping[str, str] | None
 
@@ -51,6 +61,11 @@ def default_templates_dir() -> Path:
 
 def file_name(event: str, part: str) -> str:
     return f"{event}.j2" if part == "text" else f"{event}.{part}.j2"
+
+
+def _event_of(name: str) -> str:
+    """The event a template file name is for: ``slack/epoch_end.html.j2`` -> epoch_end."""
+    return name.split("/")[-1].split(".")[0]
 
 
 def _snippet(name: str) -> bool:
@@ -76,7 +91,7 @@ def _user_files(source: TemplateSource) -> dict[str, str] | Path | None:
         files: dict[str, str] = {}
         for key, text in source.items():
             event = key[:-3] if key.endswith(".j2") else key
-            base = event.split("/")[-1].split(".")[0]
+            base = _event_of(event)
             if base not in EVENTS and not _snippet(event):
                 raise TemplateError(_unknown_event(base, f"templates dict key {key!r}"))
             if not isinstance(text, str):
@@ -89,7 +104,7 @@ def _user_files(source: TemplateSource) -> dict[str, str] | Path | None:
     if not directory.is_dir():
         raise TemplateError(f"templates directory {str(directory)!r} does not exist")
     for path in _template_files(directory):
-        base = path.name.split(".")[0]
+        base = _event_of(path.name)
         if base not in EVENTS and not _snippet(path.relative_to(directory).as_posix()):
             raise TemplateError(
                 _unknown_event(base, f"template file {str(path)!r}")
@@ -328,7 +343,7 @@ class Templates:
 
     @staticmethod
     def _label(name: str) -> str:
-        base = name.split("/")[-1].split(".")[0]
+        base = _event_of(name)
         return f"template for event {base!r}" if base in EVENTS else f"template {name!r}"
 
     def _syntax_error(
@@ -347,7 +362,7 @@ class Templates:
             template = env.get_template(full)
         except jinja2.TemplateSyntaxError as exc:
             raise self._syntax_error(label, full, exc) from None
-        base = name.split("/")[-1].split(".")[0]
+        base = _event_of(name)
         if base in EVENTS:
             self._check_names(env, full, base)
         self._check_blocks(env, full, label, template)
@@ -477,21 +492,19 @@ class Templates:
         return {part: _clean(t.render(context)) for part, t in self._templates[event].items()}
 
 
-def _inherited_names(env: jinja2.Environment, tree: nodes.Template, depth: int = 0) -> set[str]:
+def _inherited_names(env: jinja2.Environment, tree: nodes.Template) -> set[str]:
     """Names a template's parents define for it: their macros, top-level ``{% set %}``s and
     imports (``{% extends "default:email/_layout.html.j2" %}`` gives ``table``)."""
     found: set[str] = set()
-    if depth > 10 or env.loader is None:
-        return found
-    for extends in tree.find_all(nodes.Extends):
-        if not isinstance(extends.template, nodes.Const):
-            continue
+    seen: set[str] = set()
+    parent = _parent_name(tree)
+    while parent is not None and parent not in seen and env.loader is not None:
+        seen.add(parent)
         try:
-            source, _, _ = env.loader.get_source(env, str(extends.template.value))
-            parent = env.parse(source)
+            ast = env.parse(env.loader.get_source(env, parent)[0])
         except jinja2.TemplateError:
-            continue  # a missing or broken parent is reported by the trial render
-        for node in parent.body:
+            break  # a missing or broken parent is reported by _check_blocks
+        for node in ast.body:
             if isinstance(node, nodes.Macro):
                 found.add(node.name)
             elif isinstance(node, nodes.Assign | nodes.AssignBlock):
@@ -502,7 +515,7 @@ def _inherited_names(env: jinja2.Environment, tree: nodes.Template, depth: int =
                 found.add(node.target)
             elif isinstance(node, nodes.FromImport):
                 found |= {n if isinstance(n, str) else n[1] for n in node.names}
-        found |= _inherited_names(env, parent, depth + 1)
+        parent = _parent_name(ast)
     return found
 
 
